@@ -1,0 +1,70 @@
+"""pretrain: typed, plugin-based building, pretraining and fine-tuning of vision models.
+
+The package namespace is lazy (PEP 562): ``import pretrain`` imports neither torch
+nor pydantic; each name below is imported on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ComponentLookupError",
+    "PluginLoadError",
+    "PretrainError",
+    "Registry",
+    "SpecError",
+    "SpecIssue",
+    "__version__",
+    "build",
+    "build_model",
+    "get_registry",
+    "hookimpl",
+    "load_spec",
+    "validate_spec",
+]
+
+_LAZY: dict[str, str] = {
+    "ComponentLookupError": "pretrain._errors",
+    "PluginLoadError": "pretrain._errors",
+    "PretrainError": "pretrain._errors",
+    "SpecError": "pretrain._errors",
+    "SpecIssue": "pretrain._errors",
+    "Registry": "pretrain._registry",
+    "get_registry": "pretrain._registry",
+    "hookimpl": "pretrain.hookspecs",
+    "load_spec": "pretrain._spec",
+    "validate_spec": "pretrain._validate",
+    "build": "pretrain._build",
+    "build_model": "pretrain._build",
+}
+
+if TYPE_CHECKING:
+    from pretrain._build import build, build_model
+    from pretrain._errors import (
+        ComponentLookupError,
+        PluginLoadError,
+        PretrainError,
+        SpecError,
+        SpecIssue,
+    )
+    from pretrain._registry import Registry, get_registry
+    from pretrain._spec import load_spec
+    from pretrain._validate import validate_spec
+    from pretrain.hookspecs import hookimpl
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pretrain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

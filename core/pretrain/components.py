@@ -1,0 +1,176 @@
+"""Base classes and annotations for component authors (imports torch).
+
+Nothing here is required: a plain ``torch.nn.Module`` with a typed ``__init__``
+works as a backbone, neck or loss. The base classes document each kind's
+contract, mark the kind (``component_kind``) so that a parameter annotated with
+one is a nested component, and are what ``pretrain.testing`` checks against.
+
+Nested components are annotated either with a base class (``loss: BaseLoss``) or
+with the aliases below (``loss: LossRef``); their spec value is a table with a
+``type``, built by the core before ``__init__`` is called. Code that constructs a
+component by hand may pass a module or a spec mapping; call
+:func:`build_component` on such a parameter to accept both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from pretrain._kinds import ComponentRef
+
+__all__ = [
+    "BackboneRef",
+    "BaseBackbone",
+    "BaseBatchAugment",
+    "BaseHead",
+    "BaseLoss",
+    "BaseModel",
+    "BaseNeck",
+    "BaseTargetGenerator",
+    "BatchAugmentRef",
+    "HeadRef",
+    "LossRef",
+    "NeckRef",
+    "TargetGeneratorRef",
+    "TargetKind",
+    "build_component",
+]
+
+#: What a loss's ``target`` is: class indices (N,), dense scores (N, C), or either.
+TargetKind = Literal["index", "dense", "both"]
+
+BackboneRef = Annotated[nn.Module, ComponentRef("backbone")]
+NeckRef = Annotated[nn.Module, ComponentRef("neck")]
+HeadRef = Annotated[nn.Module, ComponentRef("head")]
+LossRef = Annotated[nn.Module, ComponentRef("loss")]
+TargetGeneratorRef = Annotated[nn.Module, ComponentRef("target_generator")]
+BatchAugmentRef = Annotated[nn.Module, ComponentRef("batch_augment")]
+
+
+class BaseBackbone(nn.Module):
+    """Backbone contract: ``forward(x) -> tuple[Tensor, ...]``, one per ``out_indices``.
+
+    Optional: ``get_layer_depth(param_name) -> (layer_id, num_layers)`` enables
+    layer-wise learning-rate decay; ``frozen_stages``/``norm_eval`` honoured in ``train``.
+    """
+
+    component_kind: ClassVar[str] = "backbone"
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:  # pragma: no cover - abstract
+        """Return one feature map per ``out_indices`` entry."""
+        raise NotImplementedError
+
+
+class BaseNeck(nn.Module):
+    """Neck contract: maps the backbone's tuple of features to the head's inputs (a tuple)."""
+
+    component_kind: ClassVar[str] = "neck"
+
+    def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:  # pragma: no cover
+        """Transform backbone features."""
+        raise NotImplementedError
+
+
+class BaseLoss(nn.Module):
+    """Loss contract: ``forward(pred, target, weight=None, avg_factor=None, reduction_override=None)``.
+
+    ``target_kind`` declares what ``target`` must be: ``index`` (N,) class indices,
+    ``dense`` (N, C) scores, or ``both``. Heads convert indices to one-hot for
+    ``dense`` losses.
+    """
+
+    component_kind: ClassVar[str] = "loss"
+    target_kind: ClassVar[TargetKind] = "index"
+
+    def forward(  # pragma: no cover - abstract
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | None = None,
+        reduction_override: str | None = None,
+    ) -> Tensor:
+        """Return the (weighted, reduced, ``loss_weight``-scaled) loss."""
+        raise NotImplementedError
+
+
+class BaseHead(nn.Module):
+    """Head contract: owns its loss; ``loss(feats, targets) -> dict``, ``predict(feats)``.
+
+    ``loss`` returns a dict whose ``"loss"`` entry is the total to optimise; other
+    entries (``accuracy/top1``, ``loss_cls``...) are logged only.
+    ``supplies_targets`` lists the target kinds the head can hand to its loss.
+    """
+
+    component_kind: ClassVar[str] = "head"
+    supplies_targets: ClassVar[frozenset[str]] = frozenset({"index", "dense"})
+
+    def loss(self, feats: tuple[Tensor, ...], targets: Tensor) -> dict[str, Tensor]:
+        """Compute the loss dict (``"loss"`` is the total)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def predict(self, feats: tuple[Tensor, ...]) -> Tensor:
+        """Return prediction scores (N, C)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class BaseTargetGenerator(nn.Module):
+    """Target generator contract: ``forward(images) -> targets``, always under ``no_grad``."""
+
+    component_kind: ClassVar[str] = "target_generator"
+
+
+class BaseBatchAugment(nn.Module):
+    """Batch augment contract: ``forward(inputs, dense_targets) -> (inputs, dense_targets)``."""
+
+    component_kind: ClassVar[str] = "batch_augment"
+
+
+class BaseModel(nn.Module):
+    """Top-level task module.
+
+    ``loss(inputs, targets=None) -> dict[str, Tensor]`` with an explicit ``"loss"``
+    total (other keys are logged, never summed implicitly), ``predict(inputs) ->
+    dict`` (classifiers: ``scores`` (N, C) and ``labels`` (N,)) and
+    ``extract_feat(inputs)``. ``inputs`` are raw batches (uint8 or float images,
+    or a list of views); normalisation happens inside the model.
+    """
+
+    component_kind: ClassVar[str] = "model"
+    #: Channels of the images the model expects (used by the shape check).
+    in_channels: int = 3
+
+    def loss(
+        self, inputs: Tensor | Sequence[Tensor], targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Return the loss dict; ``"loss"`` is what the engine optimises."""
+        raise NotImplementedError  # pragma: no cover
+
+    def predict(self, inputs: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
+        """Return predictions for evaluation."""
+        raise NotImplementedError  # pragma: no cover
+
+    def extract_feat(self, inputs: Tensor) -> Any:
+        """Return features (backbone output unless the model documents otherwise)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+def build_component(kind: str, value: nn.Module | Mapping[str, Any] | None) -> Any:
+    """Accept an already-built module or a spec mapping (``{"type": ..., ...}``).
+
+    The core passes built modules; this lets hand-written Python (notebooks,
+    tests) pass either. ``None`` stays ``None``.
+
+    Raises:
+        pretrain.SpecError: The mapping is not a valid spec for ``kind``.
+    """
+    if value is None or isinstance(value, nn.Module):
+        return value
+    if isinstance(value, Mapping):
+        from pretrain._build import build_from_spec  # noqa: PLC0415 - avoid an import cycle
+
+        return build_from_spec(kind, value)
+    raise TypeError(f"expected a {kind} module or spec mapping, got {type(value).__name__}")
