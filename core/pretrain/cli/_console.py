@@ -1,0 +1,42 @@
+"""Shared rich consoles and error rendering for CLI commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["console", "err_console", "print_error", "print_json"]
+
+#: Human output (tables, summaries) goes to stdout.
+console = Console(highlight=False, soft_wrap=False)
+#: Errors, warnings and progress go to stderr, so `--json` stdout stays machine-readable.
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_json(payload: Any) -> None:
+    """Write ``payload`` as JSON to stdout (plain, no colour codes)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(exc: BaseException) -> None:
+    """Print a PretrainError (or anything) as a short red paragraph on stderr."""
+    from pretrain._errors import PretrainError, SpecError  # noqa: PLC0415
+
+    if isinstance(exc, SpecError):
+        where = f" in {exc.source}" if exc.source else ""
+        n = len(exc.issues)
+        err_console.print(f"[bold red]error:[/] the spec{escape(where)} is invalid ({n} problem{'s' if n != 1 else ''}):")
+        for issue in exc.issues:
+            loc = f"[bold]{escape(issue.loc)}[/]: " if issue.loc else ""
+            err_console.print(f"  {loc}{escape(issue.msg)}")
+        return
+    message = exc.message if isinstance(exc, PretrainError) else str(exc)
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    hint = getattr(exc, "hint", None)
+    if hint:
+        err_console.print(f"[dim]hint:[/] {escape(hint)}")

@@ -1,0 +1,94 @@
+"""``pretrain describe NAME``: a component's documentation and fields."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pretrain._kinds import KINDS
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "describe",
+        help="show a component's docs and fields",
+        description="Show a component's summary, documentation and fields (JSON Schema with --json).",
+    )
+    p.add_argument("name", help="component type, e.g. ResNet or dist:ResNet")
+    p.add_argument("--kind", choices=list(KINDS), help="disambiguate a name used by several kinds")
+    p.add_argument("--json", action="store_true", help="print the component's JSON Schema")
+    p.set_defaults(run=run)
+
+
+def _find(name: str, kind: str | None) -> tuple[str, Any]:
+    from pretrain._errors import ComponentLookupError  # noqa: PLC0415
+    from pretrain._registry import get_registry  # noqa: PLC0415
+
+    registry = get_registry()
+    bare = name.rpartition(":")[2]
+    kinds = [kind] if kind else sorted({r.kind for r in registry.entries() if r.name == bare})
+    if not kinds:
+        every = sorted({r.name for r in registry.entries()})
+        import difflib  # noqa: PLC0415
+
+        close = difflib.get_close_matches(bare, every, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "run `pretrain list-components`"
+        raise ComponentLookupError(f"no installed component is called {name!r}", hint=hint)
+    if len(kinds) > 1:
+        raise ComponentLookupError(
+            f"{name!r} names components of several kinds: {', '.join(kinds)}",
+            hint="Pass --kind to pick one.",
+        )
+    return kinds[0], registry.resolve(kinds[0], name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Describe one component."""
+    from pretrain._jsonschema import component_json_schema  # noqa: PLC0415
+    from pretrain._plugins import load_plugins  # noqa: PLC0415
+    from pretrain._registry import get_registry  # noqa: PLC0415
+    from pretrain._schema import check_component_contract, component_schema  # noqa: PLC0415
+
+    registry = get_registry()
+    registry.validator = registry.validator or check_component_contract
+    load_plugins(registry)
+    kind, record = _find(args.name, args.kind)
+    cls = registry.load(record)
+    schema = component_schema(cls, kind, record.name)
+    if args.json:
+        from pretrain.cli._console import print_json  # noqa: PLC0415
+
+        print_json(component_json_schema(record, schema, registry))
+        return 0
+    _print_human(record, schema)
+    return 0
+
+
+def _print_human(record: Any, schema: Any) -> None:
+    from rich.markup import escape  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from pretrain._schema import describe_type  # noqa: PLC0415
+    from pretrain.cli._console import console  # noqa: PLC0415
+
+    console.print(f"[bold]{record.name}[/] ({record.kind}) from {record.distribution} {record.version}")
+    console.print(f"[dim]{escape(record.value)}[/]\n")
+    if schema.doc:
+        console.print(escape(schema.doc.split("Args:")[0].strip()) + "\n")
+    table = Table(title="Fields", title_justify="left")
+    for col in ("field", "type", "default", "description"):
+        table.add_column(col, overflow="fold")
+    for name, info in schema.model.model_fields.items():
+        nested = schema.nested.get(name)
+        if nested is not None:
+            typ = f"{nested.kind} spec" + (" list" if nested.many else "")
+            default = "required" if nested.required else repr(nested.default)
+        else:
+            typ = describe_type(info.annotation)
+            default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        table.add_row(name, escape(typ), escape(default), escape(schema.descriptions.get(name, "")))
+    table.add_row("init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)")
+    console.print(table)

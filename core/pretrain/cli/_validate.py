@@ -1,0 +1,99 @@
+"""``pretrain validate SPEC``: validate, shape-check on the meta device, summarise."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "add_spec_arguments", "run"]
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """The SPEC + ``--set`` arguments shared by validate/train/eval."""
+    p.add_argument("spec", help="spec file (.toml or .json)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value, e.g. --set model.head.num_classes=100 (VALUE is a TOML literal)",
+    )
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "validate",
+        help="validate a spec and check shapes without allocating weights",
+        description=(
+            "Validate a spec (every error at once, with its path), build the model on the "
+            "meta device to check shapes and loss target kinds, and print a summary."
+        ),
+    )
+    add_spec_arguments(p)
+    p.add_argument("--input-size", metavar="H[,W]", help="input image size for the shape check")
+    p.add_argument("--json", action="store_true", help='print {"ok", "errors", "params"}')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate a spec."""
+    from pretrain._errors import SpecError, SpecIssue  # noqa: PLC0415
+    from pretrain._spec import load_spec  # noqa: PLC0415
+    from pretrain._validate import validate_spec  # noqa: PLC0415
+
+    size = None
+    if args.input_size:
+        try:
+            size = [int(v) for v in args.input_size.split(",")]
+        except ValueError:
+            raise SpecError([SpecIssue("--input-size", f"expected H or H,W integers, got {args.input_size!r}")]) from None
+    report = None
+    try:
+        spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
+        from pretrain._shapes import check_model  # noqa: PLC0415
+
+        report = check_model(spec, input_size=size)
+        if report.issues:
+            raise SpecError(report.issues, source=args.spec)
+    except SpecError as exc:
+        if not args.json:
+            raise
+        from pretrain.cli._console import print_json  # noqa: PLC0415
+
+        print_json({"ok": False, "errors": [i.to_json() for i in exc.issues], "params": report.params if report else None})
+        return 1
+    if args.json:
+        from pretrain.cli._console import print_json  # noqa: PLC0415
+
+        print_json({"ok": True, "errors": [], "params": report.params, "trainable_params": report.trainable,
+                    "input_shape": list(report.input_shape),
+                    "stages": [{"loc": loc, "output": out} for loc, out in report.stages]})
+        return 0
+    _print_summary(spec, report)
+    return 0
+
+
+def _print_summary(spec: Any, report: Any) -> None:
+    from rich.markup import escape  # noqa: PLC0415
+    from rich.tree import Tree  # noqa: PLC0415
+
+    from pretrain.cli._console import console  # noqa: PLC0415
+
+    outputs = dict(report.stages)
+    tree = Tree(f"[bold]{escape(spec.model.type_name)}[/] (model)")
+
+    def add(branch: Any, node: Any) -> None:
+        for name, child in node.children.items():
+            for item in child if isinstance(child, list) else [child]:
+                if item is None:
+                    continue
+                shape = f"  -> {outputs[item.loc]}" if item.loc in outputs else ""
+                sub = branch.add(f"{name}: [bold]{escape(item.type_name)}[/] ({item.kind}){escape(shape)}")
+                add(sub, item)
+
+    add(tree, spec.model)
+    console.print(tree)
+    console.print(f"input {tuple(report.input_shape)}; parameters: {report.params:,} ({report.trainable:,} trainable)")
+    console.print(f"[green]ok[/]: {escape(spec.source or 'spec')} is valid")
