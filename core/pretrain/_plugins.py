@@ -58,7 +58,7 @@ def load_plugins(registry: Registry | None = None) -> pluggy.PluginManager:
 def _register_one(pm: pluggy.PluginManager, registry: Registry, record: EntryRecord) -> None:
     plugin: Any = None
     try:
-        plugin = _import_value(record.value)
+        plugin = _import_value(record.value, allow_module=True)
         pm.register(plugin, name=record.qualified_name)
         pm.check_pending()
     except Exception as exc:  # noqa: BLE001 - one broken plugin must not take the tool down

@@ -389,13 +389,14 @@ class Registry:
         return sorted(found, key=lambda d: (normalize_dist(d[0]) != BUILTIN_DISTRIBUTION, d[0]))
 
 
-def _import_value(value: str) -> Any:
+def _import_value(value: str, *, allow_module: bool = False) -> Any:
     module_name, _, attr = value.partition(":")
-    if not module_name or not attr:
+    module_name, attr = module_name.strip(), attr.strip()
+    if not module_name or (not attr and not allow_module):
         raise ValueError(f"entry point value {value!r} is not of the form 'module:attr'")
     module = importlib.import_module(module_name)
     obj: Any = module
-    for part in attr.split("."):
+    for part in attr.split(".") if attr else []:
         try:
             obj = getattr(obj, part)
         except AttributeError:

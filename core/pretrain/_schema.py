@@ -84,7 +84,16 @@ class ComponentSchema:
         schema = self.model.model_json_schema(ref_template="#/$defs/{model}")
         names = [self.name] + ([qualified] if qualified and qualified != self.name else [])
         props = {"type": {"enum": names, "description": f"{self.kind} type"}}
-        props.update(schema.get("properties", {}))
+        for key, prop in schema.get("properties", {}).items():
+            if key in self.nested:
+                nested = self.nested[key]
+                prop = {
+                    **_ref_for(nested.kind, nested.many),
+                    "description": prop.get("description", self.descriptions.get(key, "")),
+                }
+                if nested.default is not None:
+                    prop["default"] = nested.default
+            props[key] = prop
         props["init"] = {"$ref": "#/$defs/init_rules"}
         schema["properties"] = props
         schema["required"] = ["type", *schema.get("required", [])]
@@ -176,9 +185,14 @@ def _nested_kind(annotation: Any) -> tuple[str, bool, bool] | None:
 
 
 def _any_ref(kind: str, many: bool) -> Any:
+    # pydantic would try to resolve a real "$ref" while generating the schema, so
+    # mark the field and swap the marker for the ref in ComponentSchema.json_schema.
+    return Annotated[Any, WithJsonSchema({"x-pretrain-kind": kind, "x-many": many})]
+
+
+def _ref_for(kind: str, many: bool) -> dict[str, Any]:
     ref: dict[str, Any] = {"$ref": f"#/$defs/{kind}"}
-    schema = {"type": "array", "items": ref} if many else ref
-    return Annotated[Any, WithJsonSchema(schema)]
+    return {"type": "array", "items": ref} if many else ref
 
 
 def _resolve_hints(func: Any, owner: type) -> dict[str, Any]:

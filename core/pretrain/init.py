@@ -42,6 +42,7 @@ from pydantic import (
     Field,
     Tag,
     TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -91,7 +92,7 @@ class _ValueFields(_Strict):
     )
 
     def bias_value(self) -> float:
-        """The bias fill value, taking ``bias_prob`` into account."""
+        """Return the bias fill value, taking ``bias_prob`` into account."""
         if self.bias_prob is not None:
             return -math.log((1 - self.bias_prob) / self.bias_prob)
         return self.bias
@@ -347,7 +348,9 @@ class Pretrained(_Strict):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"key_map[{i}]: invalid regular expression {pattern!r}: {exc}")
+                raise ValueError(
+                    f"key_map[{i}]: invalid regular expression {pattern!r}: {exc}"
+                ) from exc
         return value
 
     @field_validator("prefix")
@@ -373,10 +376,44 @@ def validate_init(value: Any) -> list[Rule]:
     Raises:
         pydantic.ValidationError: With locations relative to the ``init`` value
             (the core prefixes e.g. ``model.backbone.init``).
+
     """
     if isinstance(value, Mapping | BaseModel):
         value = [value]
-    return INIT_RULES_ADAPTER.validate_python(value)
+    try:
+        return INIT_RULES_ADAPTER.validate_python(value)
+    except ValidationError as exc:
+        raise _without_tags(exc) from None
+
+
+_TAGS = frozenset(
+    {"name", "Constant", "Xavier", "Normal", "TruncNormal", "Uniform", "Kaiming", "Pretrained"}
+)
+
+
+def _without_tags(exc: ValidationError) -> ValidationError:
+    """Drop pydantic's union-tag segments from error locations.
+
+    ``[0, "Normal", "std"]`` becomes ``[0, "std"]`` so paths read like the spec
+    (``model.backbone.init[0].std``). Every list in an ``init`` value holds tagged
+    tables, so a tag is exactly a tag name right after a list index.
+    """
+    details: list[Any] = []
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        kept = [
+            p
+            for i, p in enumerate(loc)
+            if not (i > 0 and isinstance(loc[i - 1], int) and p in _TAGS)
+        ]
+        detail: dict[str, Any] = {"type": err["type"], "loc": tuple(kept), "input": err["input"]}
+        if "ctx" in err:
+            detail["ctx"] = err["ctx"]
+        details.append(detail)
+    try:
+        return ValidationError.from_exception_data(exc.title, details)
+    except Exception:
+        return exc
 
 
 def init_rules_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
@@ -426,7 +463,7 @@ def _toml_value(value: Any) -> str:
 
 
 def _class_names(module: nn.Module) -> set[str]:
-    """The class name and its *direct* bases' names (MMEngine ``_get_bases_name``)."""
+    """Return the class name and its *direct* bases' names (MMEngine ``_get_bases_name``)."""
     cls = type(module)
     return {cls.__name__, *(base.__name__ for base in cls.__bases__)}
 
@@ -521,29 +558,31 @@ def _get_child(module: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def apply_init(
-    module: nn.Module, rules: Sequence[Rule], *, loc: str, pretrained: bool
-) -> None:
+def apply_init(module: nn.Module, rules: Sequence[Rule], *, loc: str, pretrained: bool) -> None:
     """Apply a component's init rules.
 
     Args:
         module: The built component.
         rules: Validated rules (see :func:`validate_init`).
-        loc: Spec path of the component (``model.backbone``), used in messages.
+        loc: Spec path of the component (``model.backbone``) or of its ``init`` key
+            (``model.backbone.init``), used in messages.
         pretrained: ``False`` applies the value rules (in order) and skips
             ``Pretrained``; ``True`` applies only the ``Pretrained`` rules.
 
     Raises:
         PretrainError: A rule matches no layer, an override names a missing child,
             or pretrained weights cannot be loaded.
+
     """
+    # Accept the component path or its ``init`` key (``model.backbone[.init]``).
+    base = loc.removesuffix(".init")
     for index, rule in enumerate(rules):
         if isinstance(rule, Pretrained):
             if pretrained:
-                load_pretrained(module, rule, loc=f"{loc}.init[{index}]")
+                load_pretrained(module, rule, loc=f"{base}.init[{index}]")
         elif not pretrained:
-            _apply_value_rule(module, rule, loc, index)
-            _log.debug("%s.init[%d]: applied %s", loc, index, rule_to_toml(rule))
+            _apply_value_rule(module, rule, base, index)
+            _log.debug("%s.init[%d]: applied %s", base, index, rule_to_toml(rule))
 
 
 # ----------------------------------------------------------------------------- pretrained
@@ -560,6 +599,7 @@ class LoadReport:
         unexpected: Checkpoint keys (after ``key_map``/``prefix``) the component lacks.
         mismatched: Keys present in both whose shapes differ.
         shapes: ``key -> (checkpoint shape, component shape)`` for ``mismatched``.
+
     """
 
     checkpoint: str
@@ -579,7 +619,7 @@ def _err_console() -> Console:
     try:
         from pretrain.cli._console import err_console  # noqa: PLC0415
 
-        return err_console  # type: ignore[no-any-return]
+        return err_console
     except ImportError:
         from rich.console import Console  # noqa: PLC0415
 
@@ -650,7 +690,7 @@ def _remap(state: dict[str, Tensor], rule: Pretrained, loc: str, path: str) -> d
         heads = sorted({k.split(".", 1)[0] + "." for k in out})
         raise PretrainError(
             f"{loc}: no checkpoint key starts with prefix {rule.prefix!r} in {path!r}. "
-            f"Top-level prefixes present: {', '.join(heads[:20]) or '(none)'}.",
+            f"Top-level prefixes present: {', '.join(map(repr, heads[:20])) or '(none)'}.",
             hint="Set `prefix` to one of those (or leave it out to load the whole file).",
         )
     return selected
@@ -695,8 +735,12 @@ def _print_report(report: LoadReport, loc: str) -> None:
         ("shape mismatch", mism, "red"),
     ]
     for label, keys, style in rows:
-        table.add_row(label, str(len(keys)), _short(keys, 4) if label != "loaded" else "",
-                      style=style if keys and label != "loaded" else None)
+        table.add_row(
+            label,
+            str(len(keys)),
+            _short(keys, 4) if label != "loaded" else "",
+            style=style if keys and label != "loaded" else None,
+        )
     _err_console().print(table)
 
 
@@ -715,6 +759,7 @@ def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadRep
         PretrainError: Empty or missing path, unreadable file, ``prefix`` matching no
             key, or (``strict``) any missing / unexpected / mismatched key. Nothing is
             loaded when an error is raised.
+
     """
     if not rule.checkpoint.strip():
         raise PretrainError(
@@ -729,15 +774,17 @@ def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadRep
     state = _run_pre_hooks(module, state)
     own = module.state_dict()
     report = LoadReport(checkpoint=str(path))
-    for key, value in state.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
+    # Lists follow the component's own key order; unexpected keys are sorted.
+    for key, tensor in own.items():
+        value = state.get(key)
+        if value is None:
+            report.missing.append(key)
+        elif tuple(value.shape) != tuple(tensor.shape):
             report.mismatched.append(key)
-            report.shapes[key] = (tuple(value.shape), tuple(own[key].shape))
+            report.shapes[key] = (tuple(value.shape), tuple(tensor.shape))
         else:
             report.loaded.append(key)
-    report.missing = [k for k in own if k not in state]
+    report.unexpected = sorted(k for k in state if k not in own)
     _print_report(report, loc)
     if rule.strict and not report.clean:
         parts = []
@@ -746,8 +793,9 @@ def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadRep
         if report.unexpected:
             parts.append(f"unexpected {_short(report.unexpected)}")
         if report.mismatched:
-            shapes = [f"{k} {report.shapes[k][0]} vs {report.shapes[k][1]}"
-                      for k in report.mismatched]
+            shapes = [
+                f"{k} {report.shapes[k][0]} vs {report.shapes[k][1]}" for k in report.mismatched
+            ]
             parts.append(f"shape mismatch (checkpoint vs model) {_short(shapes)}")
         raise PretrainError(
             f"{loc}: {str(path)!r} does not match {type(module).__name__} under "

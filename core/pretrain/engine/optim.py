@@ -1,0 +1,152 @@
+"""Optimizers from ``torch.optim`` by name, with per-parameter multipliers.
+
+Parameter groups follow MMPretrain's ``paramwise_cfg`` /
+``LearningRateDecayOptimWrapperConstructor`` semantics:
+
+- ``norm_decay_mult`` / ``bias_decay_mult`` / ``flat_decay_mult`` scale the weight
+  decay of normalisation parameters, biases, and all 1-D parameters;
+- ``layer_decay_rate`` gives a parameter at layer ``d`` of ``n`` the learning rate
+  ``lr * rate ** (n - d - 1)``, with ``(d, n)`` from the backbone's ``get_layer_depth``;
+- ``custom_keys`` multiply LR / decay of parameters whose name contains the key
+  (the longest matching key wins; MMPretrain picks the first in sorted order).
+
+Each group records its ``base_lr`` so the schedule sets ``lr = base_lr * factor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain._errors import PretrainError
+from pretrain.engine.spec import (
+    AdamConfig,
+    AdamWConfig,
+    OptimizerConfig,
+    ParamwiseConfig,
+    RMSpropConfig,
+    SGDConfig,
+)
+
+__all__ = ["build_optimizer", "param_groups"]
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _norm_param_names(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower():
+            for p_name, _ in module.named_parameters(recurse=False):
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def _layer_depth_fn(model: nn.Module) -> Any:
+    """Return ``name -> (layer_id, num_layers)`` for layer-wise LR decay."""
+    own = getattr(model, "get_layer_depth", None)
+    if callable(own):
+        return own
+    backbone = getattr(model, "backbone", None)
+    bb_depth = getattr(backbone, "get_layer_depth", None)
+    if not callable(bb_depth):
+        raise PretrainError(
+            f"train.paramwise.layer_decay_rate: {type(model).__name__} has no backbone with "
+            "get_layer_depth(), so layer-wise LR decay cannot be applied.",
+            hint="Remove layer_decay_rate, or use a backbone that provides get_layer_depth "
+            "(ViT, ResNet-50 and deeper, ...).",
+        )
+
+    assert isinstance(backbone, nn.Module)
+    first = next(n for n, _ in backbone.named_parameters())
+    num_layers = int(bb_depth(first)[1])
+
+    def depth(name: str) -> tuple[int, int]:
+        if name.startswith("backbone."):
+            layer_id, n = bb_depth(name[len("backbone."):])
+            return int(layer_id), int(n)
+        # Neck/head parameters sit after the last backbone layer: no decay.
+        return num_layers - 1, num_layers
+
+    return depth
+
+
+def param_groups(
+    model: nn.Module, base_lr: float, weight_decay: float, paramwise: ParamwiseConfig | None
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters into groups of equal (lr, weight_decay).
+
+    Args:
+        model: The (unwrapped) model.
+        base_lr: The optimizer's ``lr``.
+        weight_decay: The optimizer's ``weight_decay``.
+        paramwise: Multipliers, or None for one group.
+
+    Returns:
+        ``torch.optim`` parameter groups, each with ``lr``, ``weight_decay`` and ``base_lr``;
+        groups are ordered by first appearance, so the layout is deterministic.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise PretrainError("the model has no trainable parameters", hint="check frozen_stages")
+    if paramwise is None:
+        return [{"params": [p for _, p in named], "lr": base_lr, "weight_decay": weight_decay,
+                 "base_lr": base_lr}]
+    norms = _norm_param_names(model)
+    depth = _layer_depth_fn(model) if paramwise.layer_decay_rate is not None else None
+    keys = sorted(paramwise.custom_keys, key=len, reverse=True)
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, param in named:
+        lr_mult, decay_mult = 1.0, 1.0
+        if paramwise.flat_decay_mult is not None and param.ndim == 1:
+            decay_mult = paramwise.flat_decay_mult
+        if paramwise.bias_decay_mult is not None and name.endswith(".bias"):
+            decay_mult = paramwise.bias_decay_mult
+        if paramwise.norm_decay_mult is not None and name in norms:
+            decay_mult = paramwise.norm_decay_mult
+        if depth is not None:
+            layer_id, num_layers = depth(name)
+            lr_mult *= paramwise.layer_decay_rate ** (num_layers - layer_id - 1)  # type: ignore[operator]
+        key = next((k for k in keys if k in name), None)
+        if key is not None:
+            lr_mult *= paramwise.custom_keys[key].lr_mult
+            decay_mult *= paramwise.custom_keys[key].decay_mult
+        lr, wd = base_lr * lr_mult, weight_decay * decay_mult
+        group = groups.setdefault((lr, wd), {"params": [], "lr": lr, "weight_decay": wd,
+                                             "base_lr": lr, "names": []})
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, paramwise: ParamwiseConfig | None = None
+) -> torch.optim.Optimizer:
+    """Build the optimizer named by ``cfg.type`` over ``model``'s trainable parameters.
+
+    Args:
+        model: The unwrapped model (parameter names without a DDP ``module.`` prefix).
+        cfg: Validated optimizer table.
+        paramwise: Optional per-parameter multipliers.
+
+    Returns:
+        The optimizer; every group carries ``base_lr`` for the schedule.
+    """
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, paramwise)
+    # foreach kernels are the default fast path on both CPU and CUDA.
+    if isinstance(cfg, SGDConfig):
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if isinstance(cfg, AdamWConfig):
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    if isinstance(cfg, AdamConfig):
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    if isinstance(cfg, RMSpropConfig):
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
+                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                   centered=cfg.centered)
+    raise AssertionError(f"unhandled optimizer {cfg!r}")  # pragma: no cover - closed union

@@ -1,0 +1,397 @@
+"""Schemas of the ``[train]`` and ``[eval]`` spec tables, and section validation.
+
+Torch-free: ``pretrain validate`` and ``pretrain schema`` use these without
+starting a training run. Every table forbids unknown keys, so a typo such as
+``train.optimizer.weight_decy`` is reported with its path and a did-you-mean.
+
+A ``[train]`` table, in full::
+
+    [train]
+    epochs = 20
+    precision = "bf16"          # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    channels_last = true
+    grad_clip = 1.0             # max global L2 norm of the gradients
+    grad_accum = 2              # micro-batches per optimizer step
+    checkpoint_every_steps = 200
+
+    [train.optimizer]
+    type = "AdamW"
+    lr = 1e-3
+    weight_decay = 0.05
+
+    [train.paramwise]           # per-parameter multipliers (optional)
+    norm_decay_mult = 0.0
+    bias_decay_mult = 0.0
+    layer_decay_rate = 0.65     # needs a backbone with get_layer_depth
+
+    [train.schedule]            # per-iteration learning-rate factor
+    type = "cosine"
+    warmup_epochs = 1
+
+    [train.ema]                 # optional exponential moving average of the weights
+    decay = 0.999
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from pretrain._validate import ValidationContext
+
+__all__ = [
+    "AdamConfig",
+    "AdamWConfig",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "CustomKey",
+    "EMAConfig",
+    "EvalSection",
+    "MultiStepSchedule",
+    "OptimizerConfig",
+    "ParamwiseConfig",
+    "RMSpropConfig",
+    "SGDConfig",
+    "ScheduleConfig",
+    "StepSchedule",
+    "TrainSection",
+    "json_schemas",
+    "validate_sections",
+]
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+class SGDConfig(_Strict):
+    """``torch.optim.SGD``."""
+
+    type: Literal["SGD"]
+    lr: PositiveFloat = Field(description="Base learning rate.")
+    momentum: NonNegFloat = Field(0.9, description="Momentum factor.")
+    dampening: NonNegFloat = Field(0.0, description="Dampening for momentum.")
+    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> SGDConfig:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov = true needs momentum > 0 and dampening = 0")
+        return self
+
+
+class AdamWConfig(_Strict):
+    """``torch.optim.AdamW`` (decoupled weight decay)."""
+
+    type: Literal["AdamW"]
+    lr: PositiveFloat = Field(description="Base learning rate.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Coefficients of the running averages."
+    )
+    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(0.01, description="Decoupled weight decay.")
+    amsgrad: bool = Field(False, description="Use the AMSGrad variant.")
+
+
+class AdamConfig(_Strict):
+    """``torch.optim.Adam``."""
+
+    type: Literal["Adam"]
+    lr: PositiveFloat = Field(description="Base learning rate.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Coefficients of the running averages."
+    )
+    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
+    amsgrad: bool = Field(False, description="Use the AMSGrad variant.")
+
+
+class RMSpropConfig(_Strict):
+    """``torch.optim.RMSprop``."""
+
+    type: Literal["RMSprop"]
+    lr: PositiveFloat = Field(description="Base learning rate.")
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(0.99, description="Smoothing constant.")
+    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
+    momentum: NonNegFloat = Field(0.0, description="Momentum factor.")
+    centered: bool = Field(False, description="Normalise by the estimated gradient variance.")
+
+
+OptimizerConfig = Annotated[
+    SGDConfig | AdamWConfig | AdamConfig | RMSpropConfig, Field(discriminator="type")
+]
+
+
+class CustomKey(_Strict):
+    """Multipliers for every parameter whose name contains a key."""
+
+    lr_mult: NonNegFloat = Field(1.0, description="Learning-rate multiplier.")
+    decay_mult: NonNegFloat = Field(1.0, description="Weight-decay multiplier.")
+
+
+class ParamwiseConfig(_Strict):
+    """Per-parameter learning-rate and weight-decay multipliers (MMPretrain's ``paramwise_cfg``)."""
+
+    norm_decay_mult: NonNegFloat | None = Field(
+        None, description="Weight-decay multiplier of normalisation-layer weights and biases "
+        "(0 = no decay); unset = like any other parameter."
+    )
+    bias_decay_mult: NonNegFloat | None = Field(
+        None, description="Weight-decay multiplier of biases (0 = no decay); unset = no change."
+    )
+    flat_decay_mult: NonNegFloat | None = Field(
+        None, description="Weight-decay multiplier of every 1-D parameter (tokens, scales, "
+        "biases); unset = no change."
+    )
+    layer_decay_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="Layer-wise LR decay: a parameter at depth d of n gets "
+        "lr * rate ** (n - d - 1). Needs a backbone with get_layer_depth."
+    )
+    custom_keys: dict[str, CustomKey] = Field(
+        default_factory=dict,
+        description="Name substring -> multipliers; the longest matching key wins.",
+    )
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class _ScheduleBase(_Strict):
+    warmup_epochs: NonNegFloat = Field(
+        0.0, description="Linear warm-up length in epochs (fractions allowed)."
+    )
+    warmup_steps: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Linear warm-up length in optimizer steps (instead of warmup_epochs)."
+    )
+    warmup_start_factor: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.001, description="LR factor at step 0 of the warm-up."
+    )
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> _ScheduleBase:
+        if self.warmup_steps is not None and self.warmup_epochs > 0:
+            raise ValueError("give warmup_epochs or warmup_steps, not both")
+        return self
+
+
+class ConstantSchedule(_ScheduleBase):
+    """Constant learning rate after the warm-up."""
+
+    type: Literal["constant"]
+
+
+class CosineSchedule(_ScheduleBase):
+    """Cosine annealing from the base LR to ``min_lr_ratio * lr`` over the steps after warm-up."""
+
+    type: Literal["cosine"]
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Final LR as a fraction of the base LR."
+    )
+
+
+class StepSchedule(_ScheduleBase):
+    """Multiply the LR by ``gamma`` every ``step_epochs`` epochs (applied per iteration)."""
+
+    type: Literal["step"]
+    step_epochs: Annotated[int, Field(gt=0)] = Field(description="Epochs between decays.")
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="Decay factor.")
+
+
+class MultiStepSchedule(_ScheduleBase):
+    """Multiply the LR by ``gamma`` at each milestone epoch."""
+
+    type: Literal["multistep"]
+    milestones: list[Annotated[int, Field(gt=0)]] = Field(
+        description="Epochs at which the LR decays (increasing)."
+    )
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="Decay factor.")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> MultiStepSchedule:
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ValueError("milestones must be strictly increasing")
+        return self
+
+
+ScheduleConfig = Annotated[
+    ConstantSchedule | CosineSchedule | StepSchedule | MultiStepSchedule,
+    Field(discriminator="type"),
+]
+
+
+class EMAConfig(_Strict):
+    """Exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w``."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.999, description="Weight of the running average per update (the paper's m)."
+    )
+    every_steps: Annotated[int, Field(gt=0)] = Field(
+        1, description="Update the average every this many optimizer steps."
+    )
+    warmup: bool = Field(
+        False, description="Use min(decay, (1 + n) / (10 + n)) for the n-th update, so the "
+        "average forgets the random init quickly."
+    )
+    evaluate: bool = Field(
+        True, description="Evaluate (and save as the run's weights) the averaged model."
+    )
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class TrainSection(_Strict):
+    """The ``[train]`` table: how to optimise the model."""
+
+    epochs: Annotated[int, Field(gt=0)] = Field(description="Number of passes over the data.")
+    max_steps: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Stop after this many optimizer steps in total (smoke runs); the "
+        "schedule is stretched over min(epochs * steps_per_epoch, max_steps)."
+    )
+    optimizer: OptimizerConfig = Field(description="Optimizer from torch.optim, by type.")
+    paramwise: ParamwiseConfig | None = Field(
+        None, description="Per-parameter learning-rate / weight-decay multipliers."
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ConstantSchedule(type="constant"),
+        description="Per-iteration learning-rate schedule.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision; fp16 also uses a GradScaler."
+    )
+    channels_last: bool = Field(False, description="Use the channels-last memory format.")
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    grad_clip: PositiveFloat | None = Field(
+        None, description="Clip the global L2 norm of the gradients to this value."
+    )
+    grad_accum: Annotated[int, Field(gt=0)] = Field(
+        1, description="Micro-batches accumulated per optimizer step."
+    )
+    ema: EMAConfig | None = Field(None, description="Exponential moving average of the weights.")
+    device: str = Field(
+        "auto", description="auto (CUDA when available), cpu, cuda or cuda:N."
+    )
+    seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
+    deterministic: bool = Field(
+        False, description="Ask torch for deterministic algorithms (slower on CUDA)."
+    )
+    sync_bn: bool = Field(
+        False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
+    )
+    checkpoint_every_steps: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Also save the 'last' checkpoint every this many optimizer steps."
+    )
+    eval_every_epochs: Annotated[int, Field(gt=0)] = Field(
+        1, description="Evaluate on the validation data every this many epochs (and at the end)."
+    )
+    log_every_steps: Annotated[int, Field(gt=0)] = Field(
+        20, description="Plain-text progress line interval when not on a terminal."
+    )
+    best_metric: str = Field(
+        "accuracy/top1", description="Validation metric that selects the 'best' checkpoint."
+    )
+    best_mode: Literal["max", "min"] = Field("max", description="Whether larger is better.")
+
+    @model_validator(mode="after")
+    def _device(self) -> TrainSection:
+        d = self.device
+        ok = d in ("auto", "cpu", "cuda", "mps") or (
+            d.startswith("cuda:") and d[5:].isdigit()
+        )
+        if not ok:
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
+        return self
+
+
+class EvalSection(_Strict):
+    """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
+
+    topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
+        (1, 5), min_length=1, description="Report accuracy/top{k} (percent) for each k."
+    )
+    per_class: bool = Field(True, description="Also compute per-class accuracy.")
+
+
+#: Sections owned by the engine, with their pydantic models (``data`` lives in data.py).
+_SECTION_MODELS: dict[str, type[BaseModel]] = {"train": TrainSection, "eval": EvalSection}
+
+
+def _fields(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[str, Any]:
+    """Validate the engine tables of a spec (``data``, ``train``, ``eval``).
+
+    Args:
+        raw: The whole merged spec.
+        ctx: The core's validation context; issues are added to it with their paths.
+
+    Returns:
+        The validated section objects keyed by table name (only the valid ones).
+    """
+    out: dict[str, Any] = {}
+    if "data" in raw:
+        from pretrain.engine.data import validate_data_section  # noqa: PLC0415
+
+        data = validate_data_section(raw["data"], ctx, "data")
+        if data is not None:
+            out["data"] = data
+    elif "train" in raw:
+        ctx.add("data", "required by [train]: add a [data] table with train (and val) datasets")
+    for name, model in _SECTION_MODELS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if not isinstance(value, Mapping):
+            ctx.add(name, f"must be a table, got {type(value).__name__}")
+            continue
+        try:
+            out[name] = model.model_validate(dict(value))
+        except ValidationError as exc:
+            ctx.add_pydantic(exc, name, _fields(model))
+    train = out.get("train")
+    if isinstance(train, TrainSection):
+        _cross_checks(raw, train, ctx)
+    return out
+
+
+def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationContext) -> None:
+    """Checks that span fields: schedule milestones vs epochs, best metric vs eval top-k."""
+    sched = train.schedule
+    if isinstance(sched, MultiStepSchedule) and sched.milestones and (
+        sched.milestones[-1] > train.epochs
+    ):
+        ctx.add(
+            "train.schedule.milestones",
+            f"milestone {sched.milestones[-1]} is after the last epoch ({train.epochs})",
+        )
+    if sched.warmup_epochs > train.epochs:
+        ctx.add("train.schedule.warmup_epochs", f"longer than the run ({train.epochs} epochs)")
+    eval_raw = raw.get("eval")
+    topk = (1, 5)
+    if isinstance(eval_raw, Mapping) and isinstance(eval_raw.get("topk"), list | tuple):
+        topk = tuple(eval_raw["topk"])
+    known = {f"accuracy/top{k}" for k in topk}
+    if train.best_metric not in known:
+        ctx.add(
+            "train.best_metric",
+            f"{train.best_metric!r} is not a validation metric; eval.topk gives "
+            f"{', '.join(sorted(known))}",
+        )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of the ``train`` and ``eval`` tables (for ``pretrain schema``)."""
+    return {name: model.model_json_schema() for name, model in _SECTION_MODELS.items()}
