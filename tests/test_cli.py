@@ -8,6 +8,7 @@ import sys
 
 import jsonschema
 import pytest
+
 from conftest import SPECS, run_cli
 
 SEED_PARAMS = 11_173_962

@@ -7,9 +7,9 @@ import shutil
 import sys
 
 import pytest
-from conftest import run_cli, write_dist
-from _fake_components import BROKEN_IMPORT, GOOD, HOOKS, NOT_A_MODULE, UNTYPED
 
+from _fake_components import BROKEN_IMPORT, GOOD, HOOKS, NOT_A_MODULE, UNTYPED
+from conftest import run_cli, write_dist
 from pretrain import ComponentLookupError, PluginLoadError
 from pretrain._plugins import load_plugins
 from pretrain._registry import Registry

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from _fake_components import GOOD
-from conftest import write_dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _fake_components import GOOD
+from conftest import write_dist
 from pretrain import SpecError, load_spec, validate_spec
 from pretrain._shapes import check_model
 
@@ -95,13 +95,13 @@ def test_malformed_spec_reports_exact_loc(fake, spec, loc):
 
 
 def test_messages_are_helpful(fake):
-    (loc, msg), = errors_of(mutate("model.backbone.channel", 4))
+    ((_, msg),) = errors_of(mutate("model.backbone.channel", 4))
     assert "did you mean 'channels'" in msg and "accepted fields" in msg
-    (loc, msg), = errors_of(mutate("model.type", "Nett"))
+    ((_, msg),) = errors_of(mutate("model.type", "Nett"))
     assert "did you mean 'Net'" in msg
-    (loc, msg), = errors_of(mutate("model.backbone.type", "PlainLoss"))
+    ((_, msg),) = errors_of(mutate("model.backbone.type", "PlainLoss"))
     assert "exists as a loss" in msg
-    (loc, msg), = errors_of(mutate("model.backbone.depth", 3))
+    ((_, msg),) = errors_of(mutate("model.backbone.depth", 3))
     assert "got 3" in msg
 
 

@@ -46,18 +46,18 @@ def _construct(node: ComponentNode, built: dict[int, Any]) -> Any:
     return obj
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_rules(cls: type) -> tuple[Any, ...]:
-    from pretrain.init import validate_init  # noqa: PLC0415
+    from pretrain.init import validate_init
 
     rules = getattr(cls, "default_init", None) or []
     return tuple(validate_init(list(rules)))
 
 
 def _initialise(root: ComponentNode, built: dict[int, Any]) -> None:
-    import torch.nn as nn  # noqa: PLC0415
+    from torch import nn
 
-    from pretrain.init import apply_init  # noqa: PLC0415
+    from pretrain.init import apply_init
 
     order = list(root.walk())
     on_meta = any(
@@ -99,6 +99,7 @@ def build_from_spec(kind: str, spec: Mapping[str, Any]) -> Any:
 
     Raises:
         SpecError: The table is invalid (paths are relative to ``kind``).
+
     """
     ctx = ValidationContext()
     node = ctx.component(kind, spec, kind)
@@ -109,7 +110,7 @@ def build_from_spec(kind: str, spec: Mapping[str, Any]) -> Any:
 
 def _seeded(seed: int | None) -> None:
     if seed is not None:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.manual_seed(seed)
 
@@ -126,6 +127,7 @@ def build_model(spec: Mapping[str, Any] | ValidatedSpec, *, seed: int | None = N
 
     Raises:
         SpecError: The spec is invalid.
+
     """
     validated = spec if isinstance(spec, ValidatedSpec) else validate_spec(spec)
     _seeded(seed)
@@ -143,6 +145,7 @@ def build(
 
     Raises:
         SpecError: Invalid spec, with every problem and its path.
+
     """
     raw = load_spec(spec, overrides)
     source = None if isinstance(spec, Mapping) else str(spec)

@@ -20,6 +20,7 @@ class PretrainError(Exception):
     Args:
         message: What went wrong and where.
         hint: How to fix it (optional, printed on its own line).
+
     """
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:

@@ -26,7 +26,7 @@ def _hoist(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _init_rules_schema() -> dict[str, Any]:
-    from pretrain.init import init_rules_json_schema  # noqa: PLC0415
+    from pretrain.init import init_rules_json_schema
 
     return init_rules_json_schema()
 
@@ -101,7 +101,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         "model": {"$ref": "#/$defs/model"},
     }
     try:
-        from pretrain.engine.spec import section_json_schemas  # noqa: PLC0415
+        from pretrain.engine.spec import section_json_schemas
     except ImportError:
         section_json_schemas = None
     if section_json_schemas is not None:

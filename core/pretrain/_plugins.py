@@ -31,7 +31,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 def reset_plugin_manager() -> None:
     """Drop the manager so the next use reloads plugins (tests)."""
-    global _PM, _LOADED_FOR  # noqa: PLW0603
+    global _PM, _LOADED_FOR
     with _LOCK:
         _PM, _LOADED_FOR = None, None
 
@@ -43,7 +43,7 @@ def load_plugins(registry: Registry | None = None) -> pluggy.PluginManager:
     in the registry's failures (and raised under ``PRETRAIN_STRICT_PLUGINS=1``);
     the others keep working.
     """
-    global _PM, _LOADED_FOR  # noqa: PLW0603
+    global _PM, _LOADED_FOR
     registry = registry or get_registry()
     with _LOCK:
         if _PM is not None and _LOADED_FOR is registry:
@@ -61,7 +61,7 @@ def _register_one(pm: pluggy.PluginManager, registry: Registry, record: EntryRec
         plugin = _import_value(record.value, allow_module=True)
         pm.register(plugin, name=record.qualified_name)
         pm.check_pending()
-    except Exception as exc:  # noqa: BLE001 - one broken plugin must not take the tool down
+    except Exception as exc:
         if plugin is not None and pm.is_registered(plugin):
             pm.unregister(plugin)
         registry.record_failure(record, f"{type(exc).__name__}: {exc}")
@@ -82,7 +82,7 @@ def _register_one(pm: pluggy.PluginManager, registry: Registry, record: EntryRec
 
     try:
         register_hook(register=register)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         registry.record_failure(record, f"pretrain_register_components: {type(exc).__name__}: {exc}")
         if registry.is_strict:
             raise PluginLoadError(

@@ -67,6 +67,7 @@ class EntryRecord:
         distribution: Distribution that provides it.
         version: That distribution's version.
         source: ``entry-point``, ``hook`` (pluggy) or ``runtime`` (``register``).
+
     """
 
     kind: str
@@ -121,6 +122,7 @@ class Registry:
         validator: Called as ``validator(record, obj)`` after import; raises
             ``TypeError`` when ``obj`` breaks its kind's contract. The core installs
             one that checks the class and derives its schema.
+
     """
 
     autoload: bool | None = None
@@ -166,13 +168,13 @@ class Registry:
             # read entry_points.txt as text before parsing or touching METADATA.
             try:
                 text = dist.read_text("entry_points.txt") or ""
-            except Exception:  # noqa: BLE001 - a corrupt dist-info must not break listing
+            except Exception:
                 continue
             if "[pretrain." not in text:
                 continue
             try:
                 dist_name = dist.metadata["Name"] or ""
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             norm = normalize_dist(dist_name)
             # The same distribution reachable through two sys.path entries (lib64 ->
@@ -252,6 +254,7 @@ class Registry:
         Raises:
             ValueError: ``kind`` is unknown, or this distribution already registered
                 ``name`` for ``kind`` in this process.
+
         """
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; known kinds: {', '.join(KINDS)}")
@@ -293,6 +296,7 @@ class Registry:
         Raises:
             ComponentLookupError: Unknown or ambiguous, with did-you-mean and a note
                 about broken plugins that might have provided it.
+
         """
         dist, sep, bare = type_name.rpartition(":")
         candidates = [r for r in self.entries(kind) if r.name == bare]
@@ -338,6 +342,7 @@ class Registry:
         Raises:
             PluginLoadError: The import failed, the attribute is missing, or the
                 object breaks its kind's contract. Recorded in :meth:`failures`.
+
         """
         with self._lock:
             if record in self._loaded:
@@ -349,7 +354,7 @@ class Registry:
                 obj = _import_value(record.value)
                 if self.validator is not None:
                     self.validator(record, obj)
-            except Exception as exc:  # noqa: BLE001 - isolation is the point
+            except Exception as exc:
                 failure = LoadFailure(record, f"{type(exc).__name__}: {exc}")
                 self._failures[record] = failure
                 err = PluginLoadError(failure.describe(), hint=_fix_hint(record))
@@ -414,7 +419,7 @@ def _fix_hint(record: EntryRecord) -> str:
 
 
 def top_level_present(record: EntryRecord) -> str | None:
-    """Cheap metadata-tier check: is the entry point's top-level package importable?
+    """Check cheaply (metadata tier) that the entry point's top-level package exists.
 
     Looks the package up without executing it (``find_spec`` on a top-level name
     runs no code). Returns an error message, or ``None`` when present.
@@ -444,7 +449,7 @@ def get_registry() -> Registry:
 
 def set_registry(registry: Registry | None) -> Registry | None:
     """Replace the process-wide registry (tests); returns the previous one."""
-    global _REGISTRY  # noqa: PLW0603
+    global _REGISTRY
     with _REGISTRY_LOCK:
         previous, _REGISTRY = _REGISTRY, registry
         return previous

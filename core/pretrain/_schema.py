@@ -87,12 +87,13 @@ class ComponentSchema:
         for key, prop in schema.get("properties", {}).items():
             if key in self.nested:
                 nested = self.nested[key]
-                prop = {
+                ref = {
                     **_ref_for(nested.kind, nested.many),
                     "description": prop.get("description", self.descriptions.get(key, "")),
                 }
                 if nested.default is not None:
-                    prop["default"] = nested.default
+                    ref["default"] = nested.default
+                prop = ref  # noqa: PLW2901 - swap the pydantic marker for the $ref
             props[key] = prop
         props["init"] = {"$ref": "#/$defs/init_rules"}
         schema["properties"] = props
@@ -256,7 +257,7 @@ def _derive(cls: type, kind: str, name: str) -> ComponentSchema:
                 Annotated[(finfo.annotation, *finfo.metadata)] if finfo.metadata else finfo.annotation
             )
             if found is not None:
-                kind_, many, optional = found
+                kind_, many, _optional = found
                 default = None if finfo.is_required() else finfo.get_default(call_default_factory=True)
                 nested[fname] = NestedField(
                     fname, kind_, many, finfo.is_required(), default, finfo.description or ""
@@ -275,7 +276,7 @@ def _derive(cls: type, kind: str, name: str) -> ComponentSchema:
         desc = descriptions.get(pname, "")
         found = _nested_kind(annotation)
         if found is not None:
-            kind_, many, optional = found
+            kind_, many, _optional = found
             default = None if required else param.default
             if isinstance(default, Mapping):
                 default = dict(default)
@@ -289,7 +290,7 @@ def _derive(cls: type, kind: str, name: str) -> ComponentSchema:
         fields[pname] = (annotation, info)
     _check_reserved(cls, fields)
     try:
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             f"{name}Config",
             __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
             **fields,
@@ -315,7 +316,7 @@ def _check_reserved(cls: type, fields: Mapping[str, Any]) -> None:
             )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(cls: type, kind: str, name: str) -> ComponentSchema:
     return _derive(cls, kind, name)
 
@@ -325,6 +326,7 @@ def component_schema(cls: type, kind: str, name: str | None = None) -> Component
 
     Raises:
         SchemaDerivationError: The signature cannot be turned into a schema.
+
     """
     return _cached(cls, kind, name or cls.__name__)
 
@@ -334,6 +336,7 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
 
     Raises:
         TypeError: Not a class, not an ``nn.Module`` for module kinds, or no schema.
+
     """
     if not isinstance(obj, type):
         raise TypeError(
@@ -341,7 +344,7 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
             "point must name a class"
         )
     if record.kind in _MODULE_KINDS:
-        import torch.nn as nn  # noqa: PLC0415 - tier 2: only when a component is loaded
+        from torch import nn
 
         if not issubclass(obj, nn.Module):
             raise TypeError(

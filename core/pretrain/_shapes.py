@@ -31,7 +31,7 @@ class ShapeReport:
 
 
 def _describe(value: Any) -> str:
-    import torch  # noqa: PLC0415
+    import torch
 
     if isinstance(value, torch.Tensor):
         return "(" + ", ".join(str(d) for d in value.shape) + ")"
@@ -42,7 +42,7 @@ def _describe(value: Any) -> str:
 
 def _channels(value: Any) -> int | None:
     """Channel count of a stage output: dim 1 of (N, C) / (N, C, H, W), last dim of (N, L, C)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if isinstance(value, (tuple, list)) and value:
         value = value[-1]
@@ -82,10 +82,11 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
 
     Returns:
         A report with every issue found and the parameter counts.
-    """
-    import torch  # noqa: PLC0415
 
-    from pretrain._build import build_tree  # noqa: PLC0415
+    """
+    import torch
+
+    from pretrain._build import build_tree
 
     issues: list[SpecIssue] = []
     stages: list[tuple[str, str]] = []
@@ -108,7 +109,7 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
     x = torch.empty(shape, device="meta")
     try:
         feats = backbone(x)
-    except Exception as exc:  # noqa: BLE001 - any forward failure is a spec problem to report
+    except Exception as exc:
         issues.append(SpecIssue(backbone_node.loc, f"forward fails on a {shape} input: {exc}"))
         return ShapeReport(issues, params, trainable, shape, stages)
     stages.append((backbone_node.loc, _describe(feats)))
@@ -118,7 +119,7 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
         issues += _compare(neck_node, feats, source)
         try:
             feats = neck(feats)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             issues.append(SpecIssue(neck_node.loc, f"forward fails on {source}'s output {_describe(feats)}: {exc}"))
             return ShapeReport(issues, params, trainable, shape, stages)
         stages.append((neck_node.loc, _describe(feats)))
@@ -131,7 +132,7 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
             try:
                 out = head.predict(feats) if hasattr(head, "predict") else head(feats)
                 stages.append((head_node.loc, _describe(out)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 issues.append(
                     SpecIssue(head_node.loc, f"forward fails on {source}'s output {_describe(feats)}: {exc}")
                 )

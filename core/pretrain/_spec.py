@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from pretrain._errors import SpecError, SpecIssue
 
@@ -29,6 +30,7 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 
     Raises:
         SpecError: Missing file, unknown suffix, or a syntax error (with line/column).
+
     """
     if not path.is_file():
         raise SpecError(
@@ -100,6 +102,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     Raises:
         SpecError: No ``=`` or an empty key.
+
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -122,6 +125,7 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any, text: str)
 
     Raises:
         SpecError: The path runs through a scalar or an out-of-range list index.
+
     """
     node: Any = data
     for i, part in enumerate(path[:-1]):
@@ -161,6 +165,7 @@ def load_spec(
 
     Raises:
         SpecError: Unreadable file, syntax error, bad ``extends``, bad override.
+
     """
     if isinstance(spec, Mapping):
         data = copy.deepcopy(dict(spec))

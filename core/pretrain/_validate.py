@@ -48,6 +48,7 @@ class ComponentNode:
         children: Nested components by parameter name (node, list of nodes, or None).
         init: Validated ``init`` rules from the spec, or None for the class default.
         loc: Dotted spec path of this table (``model.head``).
+
     """
 
     kind: str
@@ -83,6 +84,7 @@ class ValidatedSpec:
         model: The validated ``model`` component tree.
         sections: Validated engine sections (``data``, ``train``, ``eval``) by name.
         source: File the spec came from, if any.
+
     """
 
     raw: dict[str, Any]
@@ -111,6 +113,7 @@ class ValidationContext:
 
     Args:
         registry: Registry to resolve ``type`` values (the process-wide one by default).
+
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
@@ -216,7 +219,7 @@ class ValidationContext:
             }
         children: dict[str, ComponentNode | list[ComponentNode] | None] = {}
         for name, nested in schema.nested.items():
-            sub = value[name] if name in value else nested.default
+            sub = value.get(name, nested.default)
             sub_loc = _loc(loc, name)
             if sub is None:
                 if nested.required and name in value:
@@ -233,14 +236,14 @@ class ValidationContext:
             try:
                 for field_name, msg in cls.spec_issues(params):
                     self.add(_loc(loc, field_name), msg)
-            except Exception as exc:  # noqa: BLE001 - a buggy plugin check is reported, not raised
+            except Exception as exc:
                 self.add(loc, f"{type_name}.spec_issues failed: {type(exc).__name__}: {exc}")
         if len(self.issues) > before:
             return None
         return ComponentNode(kind, type_name, record, cls, schema, params, children, init_rules, loc)
 
     def _init_rules(self, value: Any, loc: str) -> list[Any] | None:
-        from pretrain.init import validate_init  # noqa: PLC0415 - imports torch
+        from pretrain.init import validate_init
 
         if isinstance(value, Mapping):
             value = [value]
@@ -254,7 +257,7 @@ class ValidationContext:
 def _is_union_tag(part: Any) -> bool:
     # pydantic puts the union member (``int``, ``tuple[int, ...]``, ``literal['a']``,
     # ``function-after[...]``) into ``loc``; users think in spec keys only.
-    return isinstance(part, str) and any(c in part for c in "[]() ,'") or part in (
+    return (isinstance(part, str) and any(c in part for c in "[]() ,'")) or part in (
         "int", "float", "str", "bool", "list", "tuple", "dict", "none", "json-or-python"
     )
 
@@ -274,8 +277,9 @@ def validate_spec(
 
     Raises:
         SpecError: With every issue found, each with its spec path.
+
     """
-    from pretrain._plugins import load_plugins  # noqa: PLC0415
+    from pretrain._plugins import load_plugins
 
     ctx = ValidationContext(registry)
     load_plugins(ctx.registry)
@@ -283,7 +287,8 @@ def validate_spec(
         raise SpecError([SpecIssue("", "a spec must be a table/object")], source=source)
     for key in raw:
         if key not in TOP_LEVEL:
-            ctx.add(str(key), f"unknown top-level table{_suggest(str(key), TOP_LEVEL)} (allowed: {', '.join(TOP_LEVEL)})")
+            allowed = ", ".join(TOP_LEVEL)
+            ctx.add(str(key), f"unknown top-level table{_suggest(str(key), TOP_LEVEL)} (allowed: {allowed})")
     for key in ("name", "description"):
         if key in raw and not isinstance(raw[key], str):
             ctx.add(key, "must be a string")
@@ -294,7 +299,7 @@ def validate_spec(
         model = ctx.component("model", raw["model"], "model")
     sections: dict[str, Any] = {}
     if any(k in raw for k in ENGINE_SECTIONS):
-        from pretrain.engine.spec import validate_sections  # noqa: PLC0415
+        from pretrain.engine.spec import validate_sections
 
         sections = validate_sections(raw, ctx)
     if ctx.issues or model is None:

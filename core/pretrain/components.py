@@ -166,11 +166,12 @@ def build_component(kind: str, value: nn.Module | Mapping[str, Any] | None) -> A
 
     Raises:
         pretrain.SpecError: The mapping is not a valid spec for ``kind``.
+
     """
     if value is None or isinstance(value, nn.Module):
         return value
     if isinstance(value, Mapping):
-        from pretrain._build import build_from_spec  # noqa: PLC0415 - avoid an import cycle
+        from pretrain._build import build_from_spec
 
         return build_from_spec(kind, value)
     raise TypeError(f"expected a {kind} module or spec mapping, got {type(value).__name__}")

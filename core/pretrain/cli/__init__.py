@@ -7,6 +7,6 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 invalid input/failed run, 2 usage)."""
-    from pretrain.cli._main import run_cli  # noqa: PLC0415 - keep `import pretrain.cli` cheap
+    from pretrain.cli._main import run_cli
 
     return run_cli(argv)

@@ -25,12 +25,13 @@ def print_json(payload: Any) -> None:
 
 def print_error(exc: BaseException) -> None:
     """Print a PretrainError (or anything) as a short red paragraph on stderr."""
-    from pretrain._errors import PretrainError, SpecError  # noqa: PLC0415
+    from pretrain._errors import PretrainError, SpecError
 
     if isinstance(exc, SpecError):
         where = f" in {exc.source}" if exc.source else ""
         n = len(exc.issues)
-        err_console.print(f"[bold red]error:[/] the spec{escape(where)} is invalid ({n} problem{'s' if n != 1 else ''}):")
+        plural = "s" if n != 1 else ""
+        err_console.print(f"[bold red]error:[/] the spec{escape(where)} is invalid ({n} problem{plural}):")
         for issue in exc.issues:
             loc = f"[bold]{escape(issue.loc)}[/]: " if issue.loc else ""
             err_console.print(f"  {loc}{escape(issue.msg)}")

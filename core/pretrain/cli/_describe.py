@@ -24,15 +24,15 @@ def add_parser(sub: Any) -> None:
 
 
 def _find(name: str, kind: str | None) -> tuple[str, Any]:
-    from pretrain._errors import ComponentLookupError  # noqa: PLC0415
-    from pretrain._registry import get_registry  # noqa: PLC0415
+    from pretrain._errors import ComponentLookupError
+    from pretrain._registry import get_registry
 
     registry = get_registry()
     bare = name.rpartition(":")[2]
     kinds = [kind] if kind else sorted({r.kind for r in registry.entries() if r.name == bare})
     if not kinds:
         every = sorted({r.name for r in registry.entries()})
-        import difflib  # noqa: PLC0415
+        import difflib
 
         close = difflib.get_close_matches(bare, every, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}?" if close else "run `pretrain list-components`"
@@ -47,10 +47,10 @@ def _find(name: str, kind: str | None) -> tuple[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Describe one component."""
-    from pretrain._jsonschema import component_json_schema  # noqa: PLC0415
-    from pretrain._plugins import load_plugins  # noqa: PLC0415
-    from pretrain._registry import get_registry  # noqa: PLC0415
-    from pretrain._schema import check_component_contract, component_schema  # noqa: PLC0415
+    from pretrain._jsonschema import component_json_schema
+    from pretrain._plugins import load_plugins
+    from pretrain._registry import get_registry
+    from pretrain._schema import check_component_contract, component_schema
 
     registry = get_registry()
     registry.validator = registry.validator or check_component_contract
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cls = registry.load(record)
     schema = component_schema(cls, kind, record.name)
     if args.json:
-        from pretrain.cli._console import print_json  # noqa: PLC0415
+        from pretrain.cli._console import print_json
 
         print_json(component_json_schema(record, schema, registry))
         return 0
@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_human(record: Any, schema: Any) -> None:
-    from rich.markup import escape  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.markup import escape
+    from rich.table import Table
 
-    from pretrain._schema import describe_type  # noqa: PLC0415
-    from pretrain.cli._console import console  # noqa: PLC0415
+    from pretrain._schema import describe_type
+    from pretrain.cli._console import console
 
     console.print(f"[bold]{record.name}[/] ({record.kind}) from {record.distribution} {record.version}")
     console.print(f"[dim]{escape(record.value)}[/]\n")
@@ -90,5 +90,7 @@ def _print_human(record: Any, schema: Any) -> None:
             typ = describe_type(info.annotation)
             default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
         table.add_row(name, escape(typ), escape(default), escape(schema.descriptions.get(name, "")))
-    table.add_row("init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)")
+    table.add_row(
+        "init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)"
+    )
     console.print(table)

@@ -29,12 +29,12 @@ def add_parser(sub: Any) -> None:
 
 def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
     """Rows for the listing (also used by tests and ``plugins``)."""
-    from pretrain._registry import get_registry, top_level_present  # noqa: PLC0415
+    from pretrain._registry import get_registry, top_level_present
 
     registry = get_registry()
     if details:
-        from pretrain._plugins import load_plugins  # noqa: PLC0415
-        from pretrain._schema import check_component_contract  # noqa: PLC0415
+        from pretrain._plugins import load_plugins
+        from pretrain._schema import check_component_contract
 
         registry.validator = registry.validator or check_component_contract
         load_plugins(registry)
@@ -74,8 +74,8 @@ def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
 
 
 def _details(registry: Any, record: Any) -> tuple[str, str | None]:
-    from pretrain._errors import PluginLoadError  # noqa: PLC0415
-    from pretrain._schema import component_schema  # noqa: PLC0415
+    from pretrain._errors import PluginLoadError
+    from pretrain._schema import component_schema
 
     try:
         cls = registry.load(record)
@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     """List components."""
     rows = collect(args.kind, args.details)
     if args.json:
-        from pretrain.cli._console import print_json  # noqa: PLC0415
+        from pretrain.cli._console import print_json
 
         print_json(rows)
         return 0
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
-    from pretrain.cli._console import console  # noqa: PLC0415
+    from pretrain.cli._console import console
 
     table = Table(title="Installed components", title_justify="left")
     for col in ("kind", "name", "distribution", "version"):

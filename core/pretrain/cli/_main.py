@@ -76,7 +76,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     except PretrainError as exc:
         if args.debug:
             raise
-        from pretrain.cli._console import print_error  # noqa: PLC0415
+        from pretrain.cli._console import print_error
 
         print_error(exc)
         return 1
@@ -86,7 +86,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        from pretrain.cli._console import print_error  # noqa: PLC0415
+        from pretrain.cli._console import print_error
 
         print_error(
             PretrainError(

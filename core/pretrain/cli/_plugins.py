@@ -24,9 +24,9 @@ def add_parser(sub: Any) -> None:
 
 def collect() -> dict[str, Any]:
     """Gather the report (loads every component and hook plugin, each in isolation)."""
-    from pretrain._plugins import load_plugins  # noqa: PLC0415
-    from pretrain._registry import get_registry, normalize_dist  # noqa: PLC0415
-    from pretrain._schema import check_component_contract  # noqa: PLC0415
+    from pretrain._plugins import load_plugins
+    from pretrain._registry import get_registry, normalize_dist
+    from pretrain._schema import check_component_contract
 
     registry = get_registry()
     registry.validator = registry.validator or check_component_contract
@@ -66,14 +66,14 @@ def run(args: argparse.Namespace) -> int:
     """Print the plugin report."""
     report = collect()
     if args.json:
-        from pretrain.cli._console import print_json  # noqa: PLC0415
+        from pretrain.cli._console import print_json
 
         print_json(report)
         return 0
-    from rich.markup import escape  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.markup import escape
+    from rich.table import Table
 
-    from pretrain.cli._console import console  # noqa: PLC0415
+    from pretrain.cli._console import console
 
     table = Table(title="Plugin distributions", title_justify="left")
     for col in ("distribution", "version", "components", "hooks", "status"):

@@ -23,14 +23,14 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print or write the schema."""
-    from pretrain._jsonschema import spec_json_schema  # noqa: PLC0415
-    from pretrain._plugins import load_plugins  # noqa: PLC0415
+    from pretrain._jsonschema import spec_json_schema
+    from pretrain._plugins import load_plugins
 
     load_plugins()
     schema = spec_json_schema()
     text = json.dumps(schema, indent=2, default=str) + "\n"
     if args.output:
-        from pretrain._errors import PretrainError  # noqa: PLC0415
+        from pretrain._errors import PretrainError
 
         out = Path(args.output)
         try:
@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
             tmp.replace(out)
         except OSError as exc:
             raise PretrainError(f"cannot write the schema to {out}: {exc.strerror}") from None
-        from pretrain.cli._console import console  # noqa: PLC0415
+        from pretrain.cli._console import console
 
         console.print(f"wrote {out} ({len(schema['$defs'])} definitions)")
     else:
-        import sys  # noqa: PLC0415
+        import sys
 
         sys.stdout.write(text)
     return 0

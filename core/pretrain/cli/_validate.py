@@ -39,20 +39,21 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate a spec."""
-    from pretrain._errors import SpecError, SpecIssue  # noqa: PLC0415
-    from pretrain._spec import load_spec  # noqa: PLC0415
-    from pretrain._validate import validate_spec  # noqa: PLC0415
+    from pretrain._errors import SpecError, SpecIssue
+    from pretrain._spec import load_spec
+    from pretrain._validate import validate_spec
 
     size = None
     if args.input_size:
         try:
             size = [int(v) for v in args.input_size.split(",")]
         except ValueError:
-            raise SpecError([SpecIssue("--input-size", f"expected H or H,W integers, got {args.input_size!r}")]) from None
+            issue = SpecIssue("--input-size", f"expected H or H,W integers, got {args.input_size!r}")
+            raise SpecError([issue]) from None
     report = None
     try:
         spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
-        from pretrain._shapes import check_model  # noqa: PLC0415
+        from pretrain._shapes import check_model
 
         report = check_model(spec, input_size=size)
         if report.issues:
@@ -60,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         if not args.json:
             raise
-        from pretrain.cli._console import print_json  # noqa: PLC0415
+        from pretrain.cli._console import print_json
 
-        print_json({"ok": False, "errors": [i.to_json() for i in exc.issues], "params": report.params if report else None})
+        errors = [i.to_json() for i in exc.issues]
+        print_json({"ok": False, "errors": errors, "params": report.params if report else None})
         return 1
     if args.json:
-        from pretrain.cli._console import print_json  # noqa: PLC0415
+        from pretrain.cli._console import print_json
 
         print_json({"ok": True, "errors": [], "params": report.params, "trainable_params": report.trainable,
                     "input_shape": list(report.input_shape),
@@ -76,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(spec: Any, report: Any) -> None:
-    from rich.markup import escape  # noqa: PLC0415
-    from rich.tree import Tree  # noqa: PLC0415
+    from rich.markup import escape
+    from rich.tree import Tree
 
-    from pretrain.cli._console import console  # noqa: PLC0415
+    from pretrain.cli._console import console
 
     outputs = dict(report.stages)
     tree = Tree(f"[bold]{escape(spec.model.type_name)}[/] (model)")
