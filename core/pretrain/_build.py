@@ -72,7 +72,11 @@ def _initialise(root: ComponentNode, built: dict[int, Any]) -> None:
                 continue
             rules = node.init if node.init is not None else list(_default_rules(node.cls))
             if rules:
-                apply_init(module, rules, loc=f"{node.loc}.init", pretrained=pretrained)
+                # A user's rules must match; a class default that does not fit this
+                # configuration (e.g. no GroupNorm present) is skipped.
+                apply_init(
+                    module, rules, loc=f"{node.loc}.init", pretrained=pretrained, strict=node.init is not None
+                )
         if not pretrained:
             for node in reversed(order):
                 hook = getattr(built.get(id(node)), "post_init_weights", None)

@@ -95,7 +95,8 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
         with torch.device("meta"):
             model, built = build_tree(root)
     except PretrainError as exc:
-        return ShapeReport([SpecIssue(root.loc, exc.message)], 0, 0, (), [])
+        # The message already starts with the failing component's path.
+        return ShapeReport([SpecIssue("", str(exc))], 0, 0, (), [])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     height, width = _input_size(spec, input_size)

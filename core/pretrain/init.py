@@ -31,8 +31,6 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -48,9 +46,9 @@ from pydantic import (
 )
 
 from pretrain._errors import PretrainError
+from pretrain._pretrained import LoadReport, load_pretrained
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from torch import Tensor, nn
 
 __all__ = [
@@ -320,9 +318,7 @@ class Pretrained(_Strict):
     """
 
     type: Literal["Pretrained"] = "Pretrained"
-    checkpoint: str = Field(
-        description="Path of a .safetensors (preferred) or .pth/.pt file (tensors only)."
-    )
+    checkpoint: str = Field(description="Path of a .safetensors (preferred) or .pth/.pt file (tensors only).")
     prefix: str | None = Field(
         None,
         description="Only keys under this prefix are used, with the prefix stripped "
@@ -348,9 +344,7 @@ class Pretrained(_Strict):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(
-                    f"key_map[{i}]: invalid regular expression {pattern!r}: {exc}"
-                ) from exc
+                raise ValueError(f"key_map[{i}]: invalid regular expression {pattern!r}: {exc}") from exc
         return value
 
     @field_validator("prefix")
@@ -386,9 +380,7 @@ def validate_init(value: Any) -> list[Rule]:
         raise _without_tags(exc) from None
 
 
-_TAGS = frozenset(
-    {"name", "Constant", "Xavier", "Normal", "TruncNormal", "Uniform", "Kaiming", "Pretrained"}
-)
+_TAGS = frozenset({"name", "Constant", "Xavier", "Normal", "TruncNormal", "Uniform", "Kaiming", "Pretrained"})
 
 
 def _without_tags(exc: ValidationError) -> ValidationError:
@@ -401,11 +393,7 @@ def _without_tags(exc: ValidationError) -> ValidationError:
     details: list[Any] = []
     for err in exc.errors(include_url=False):
         loc = err["loc"]
-        kept = [
-            p
-            for i, p in enumerate(loc)
-            if not (i > 0 and isinstance(loc[i - 1], int) and p in _TAGS)
-        ]
+        kept = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and p in _TAGS)]
         detail: dict[str, Any] = {"type": err["type"], "loc": tuple(kept), "input": err["input"]}
         if "ctx" in err:
             detail["ctx"] = err["ctx"]
@@ -434,11 +422,12 @@ def rule_to_toml(rule: BaseModel) -> str:
 
 
 def _rule_dict(model: BaseModel) -> dict[str, Any]:
+    # Reading order: type, name, the rule's own values, then its targets.
+    fields = list(type(model).model_fields)
+    order = sorted(fields, key=lambda f: (f != "type", f != "name", f in ("layer", "override")))
     out: dict[str, Any] = {}
-    if "type" in type(model).model_fields:
-        out["type"] = model.type  # type: ignore[attr-defined]
-    for name in type(model).model_fields:
-        if name == "type" or name not in model.model_fields_set:
+    for name in order:
+        if name != "type" and name not in model.model_fields_set:
             continue
         value = getattr(model, name)
         if isinstance(value, list):
@@ -469,7 +458,7 @@ def _class_names(module: nn.Module) -> set[str]:
 
 
 def _own_tensor(module: nn.Module, name: str) -> Tensor | None:
-    import torch  # noqa: PLC0415 - this module is imported by torch-free validation
+    import torch
 
     value = getattr(module, name, None)
     return value if isinstance(value, torch.Tensor) else None
@@ -481,7 +470,7 @@ def _has_weight_or_bias(module: nn.Module) -> bool:
 
 def _init_module(module: nn.Module, rule: BaseModel) -> None:
     """Initialise ``module.weight``/``module.bias`` with ``rule`` (MMEngine ``*_init``)."""
-    from torch.nn import init  # noqa: PLC0415
+    from torch.nn import init
 
     weight = _own_tensor(module, "weight")
     bias = _own_tensor(module, "bias")
@@ -511,22 +500,24 @@ def _available(module: nn.Module) -> str:
     return ", ".join(names)
 
 
-def _apply_value_rule(module: nn.Module, rule: ValueRule, loc: str, index: int) -> None:
-    import torch  # noqa: PLC0415
+def _apply_value_rule(module: nn.Module, rule: ValueRule, loc: str, index: int, *, strict: bool = True) -> None:
+    import torch
 
     where = f"{loc}.init[{index}]"
     with torch.no_grad():
         if rule.layer:
             wanted = set(rule.layer)
             matched = [m for m in module.modules() if _class_names(m) & wanted]
-            if not matched:
+            if not strict and not any(_has_weight_or_bias(m) for m in matched):
+                matched = []  # lenient (class defaults): nothing to do for this rule
+            elif not matched:
                 raise PretrainError(
                     f"{where}: the init rule {rule_to_toml(rule)} matches no layer in "
                     f"{type(module).__name__}. Layer classes present: {_available(module)}.",
                     hint="Fix `layer` to one of the class names above (names are "
                     "case-sensitive; a base-class name such as '_BatchNorm' also matches).",
                 )
-            if not any(_has_weight_or_bias(m) for m in matched):
+            elif not any(_has_weight_or_bias(m) for m in matched):
                 found = sorted({type(m).__name__ for m in matched})
                 raise PretrainError(
                     f"{where}: the init rule {rule_to_toml(rule)} matches only "
@@ -535,10 +526,13 @@ def _apply_value_rule(module: nn.Module, rule: ValueRule, loc: str, index: int) 
                 )
             # ``Module.apply`` order (children first) as in MMEngine, so the RNG stream
             # and therefore the values match an MMEngine init under the same seed.
-            module.apply(lambda m: _init_module(m, rule) if _class_names(m) & wanted else None)
+            if matched:
+                module.apply(lambda m: _init_module(m, rule) if _class_names(m) & wanted else None)
         for entry in rule.override or ():
             name = entry.name
             child = _get_child(module, name)
+            if child is None and not strict:
+                continue
             if child is None:
                 children = ", ".join(n for n, _ in module.named_children()) or "(none)"
                 raise PretrainError(
@@ -558,7 +552,14 @@ def _get_child(module: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def apply_init(module: nn.Module, rules: Sequence[Rule], *, loc: str, pretrained: bool) -> None:
+def apply_init(
+    module: nn.Module,
+    rules: Sequence[Rule],
+    *,
+    loc: str,
+    pretrained: bool,
+    strict: bool = True,
+) -> None:
     """Apply a component's init rules.
 
     Args:
@@ -568,6 +569,10 @@ def apply_init(module: nn.Module, rules: Sequence[Rule], *, loc: str, pretrained
             (``model.backbone.init``), used in messages.
         pretrained: ``False`` applies the value rules (in order) and skips
             ``Pretrained``; ``True`` applies only the ``Pretrained`` rules.
+        strict: A value rule that matches no layer (or an override naming a missing
+            child) is an error. ``False`` skips such rules silently; meant for a
+            class's ``default_init``, whose rules may not all apply to every
+            configuration of the class (user-written rules should stay strict).
 
     Raises:
         PretrainError: A rule matches no layer, an override names a missing child,
@@ -581,234 +586,5 @@ def apply_init(module: nn.Module, rules: Sequence[Rule], *, loc: str, pretrained
             if pretrained:
                 load_pretrained(module, rule, loc=f"{base}.init[{index}]")
         elif not pretrained:
-            _apply_value_rule(module, rule, base, index)
+            _apply_value_rule(module, rule, base, index, strict=strict)
             _log.debug("%s.init[%d]: applied %s", base, index, rule_to_toml(rule))
-
-
-# ----------------------------------------------------------------------------- pretrained
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained` did.
-
-    Attributes:
-        checkpoint: The file read.
-        loaded: Component keys that were filled from the checkpoint.
-        missing: Component keys the checkpoint lacks.
-        unexpected: Checkpoint keys (after ``key_map``/``prefix``) the component lacks.
-        mismatched: Keys present in both whose shapes differ.
-        shapes: ``key -> (checkpoint shape, component shape)`` for ``mismatched``.
-
-    """
-
-    checkpoint: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-
-    @property
-    def clean(self) -> bool:
-        """True when every key matched."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-
-def _err_console() -> Console:
-    try:
-        from pretrain.cli._console import err_console  # noqa: PLC0415
-
-        return err_console
-    except ImportError:
-        from rich.console import Console  # noqa: PLC0415
-
-        return Console(stderr=True)
-
-
-def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor]:
-    import torch  # noqa: PLC0415
-
-    if not path.is_file():
-        raise PretrainError(
-            f"{loc}: pretrained checkpoint {str(path)!r} does not exist.",
-            hint="Check the path (relative paths are resolved from the current directory).",
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415
-
-        try:
-            return load_file(str(path), device=rule.map_location)
-        except Exception as exc:
-            raise PretrainError(f"{loc}: cannot read {str(path)!r}: {exc}") from exc
-    if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
-        try:
-            obj = torch.load(path, map_location=rule.map_location, weights_only=True)
-        except Exception as exc:
-            raise PretrainError(
-                f"{loc}: cannot read {str(path)!r} as a tensors-only checkpoint "
-                f"(torch.load(weights_only=True) refused it: {str(exc).splitlines()[0]}).",
-                hint="Pickled Python objects are never loaded; convert the file with "
-                "`pretrain convert-weights` or save a plain state_dict / .safetensors.",
-            ) from exc
-        # MMEngine/timm checkpoints nest the weights under "state_dict" or "model".
-        for key in ("state_dict", "model"):
-            if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-        if not isinstance(obj, Mapping) or not all(
-            isinstance(v, torch.Tensor) for v in obj.values()
-        ):
-            raise PretrainError(f"{loc}: {str(path)!r} does not hold a state dict of tensors.")
-        return dict(obj)
-    raise PretrainError(
-        f"{loc}: unsupported checkpoint format {path.suffix!r} ({str(path)!r}).",
-        hint="Use a .safetensors file (or .pth/.pt holding a plain state_dict).",
-    )
-
-
-def _remap(state: dict[str, Tensor], rule: Pretrained, loc: str, path: str) -> dict[str, Tensor]:
-    patterns = [(re.compile(p), r) for p, r in rule.key_map]
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in patterns:
-            new = pattern.sub(repl, new)
-        if not new:
-            continue  # mapped to "": dropped on purpose
-        if new in out:
-            raise PretrainError(
-                f"{loc}: key_map sends two checkpoint keys to {new!r} (one is {key!r}).",
-                hint="Make the key_map rules injective.",
-            )
-        out[new] = value
-    if rule.prefix is None:
-        return out
-    selected = {k[len(rule.prefix) :]: v for k, v in out.items() if k.startswith(rule.prefix)}
-    if not selected:
-        heads = sorted({k.split(".", 1)[0] + "." for k in out})
-        raise PretrainError(
-            f"{loc}: no checkpoint key starts with prefix {rule.prefix!r} in {path!r}. "
-            f"Top-level prefixes present: {', '.join(map(repr, heads[:20])) or '(none)'}.",
-            hint="Set `prefix` to one of those (or leave it out to load the whole file).",
-        )
-    return selected
-
-
-def _run_pre_hooks(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Run the modules' load-state-dict pre-hooks on a copy, as ``load_state_dict`` does.
-
-    Hooks may adapt entries (a ViT resizing ``pos_embed`` to its own grid); running
-    them first lets shapes be compared the way torch would see them. They run again
-    inside ``load_state_dict``, so they must be idempotent (torch requires it anyway
-    for repeated loads).
-    """
-    state = dict(state)
-    for name, sub in module.named_modules():
-        hooks = getattr(sub, "_load_state_dict_pre_hooks", {})
-        prefix = f"{name}." if name else ""
-        for hook in list(hooks.values()):
-            hook(state, prefix, {}, True, [], [], [])
-    return state
-
-
-def _short(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def _print_report(report: LoadReport, loc: str) -> None:
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(title=f"Pretrained weights for {loc}: {report.checkpoint}", title_justify="left")
-    table.add_column("status")
-    table.add_column("keys", justify="right")
-    table.add_column("examples", overflow="fold")
-    mism = [
-        f"{k} {tuple(report.shapes[k][0])}→{tuple(report.shapes[k][1])}" for k in report.mismatched
-    ]
-    rows = [
-        ("loaded", report.loaded, "green"),
-        ("missing", report.missing, "yellow"),
-        ("unexpected", report.unexpected, "yellow"),
-        ("shape mismatch", mism, "red"),
-    ]
-    for label, keys, style in rows:
-        table.add_row(
-            label,
-            str(len(keys)),
-            _short(keys, 4) if label != "loaded" else "",
-            style=style if keys and label != "loaded" else None,
-        )
-    _err_console().print(table)
-
-
-def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadReport:
-    """Load ``rule.checkpoint`` into ``module`` and print a summary table (stderr).
-
-    Args:
-        module: The component to fill.
-        rule: The validated ``Pretrained`` rule.
-        loc: Spec path of the rule (``model.backbone.init[0]``) for messages.
-
-    Returns:
-        The :class:`LoadReport`; under ``strict`` it is always clean.
-
-    Raises:
-        PretrainError: Empty or missing path, unreadable file, ``prefix`` matching no
-            key, or (``strict``) any missing / unexpected / mismatched key. Nothing is
-            loaded when an error is raised.
-
-    """
-    if not rule.checkpoint.strip():
-        raise PretrainError(
-            f"{loc}: the Pretrained rule has an empty `checkpoint` path.",
-            hint=f"Set it, e.g. with --set '{loc.rsplit('.init', 1)[0]}.init="
-            f'[{{type = "Pretrained", checkpoint = "PATH.safetensors"'
-            + (f', prefix = "{rule.prefix}"' if rule.prefix else "")
-            + "}]'.",
-        )
-    path = Path(rule.checkpoint).expanduser()
-    state = _remap(_read_checkpoint(path, rule, loc), rule, loc, str(path))
-    state = _run_pre_hooks(module, state)
-    own = module.state_dict()
-    report = LoadReport(checkpoint=str(path))
-    # Lists follow the component's own key order; unexpected keys are sorted.
-    for key, tensor in own.items():
-        value = state.get(key)
-        if value is None:
-            report.missing.append(key)
-        elif tuple(value.shape) != tuple(tensor.shape):
-            report.mismatched.append(key)
-            report.shapes[key] = (tuple(value.shape), tuple(tensor.shape))
-        else:
-            report.loaded.append(key)
-    report.unexpected = sorted(k for k in state if k not in own)
-    _print_report(report, loc)
-    if rule.strict and not report.clean:
-        parts = []
-        if report.missing:
-            parts.append(f"missing {_short(report.missing)}")
-        if report.unexpected:
-            parts.append(f"unexpected {_short(report.unexpected)}")
-        if report.mismatched:
-            shapes = [
-                f"{k} {report.shapes[k][0]} vs {report.shapes[k][1]}" for k in report.mismatched
-            ]
-            parts.append(f"shape mismatch (checkpoint vs model) {_short(shapes)}")
-        raise PretrainError(
-            f"{loc}: {str(path)!r} does not match {type(module).__name__} under "
-            f"strict loading: {'; '.join(parts)}.",
-            hint="Fix `prefix`/`key_map`, or set `strict = false` to load only the keys "
-            "that match (the rest keep their initialisation).",
-        )
-    if report.loaded:
-        module.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
-    else:
-        raise PretrainError(
-            f"{loc}: no key of {str(path)!r} matches {type(module).__name__}; nothing "
-            "would be loaded.",
-            hint="Check `prefix` and `key_map` against the key names in the table above.",
-        )
-    return report

@@ -19,7 +19,7 @@ passes ``init_cfg`` as the backbone) is a subclass, an entry point and a spec::
     class NewAlgorithm(BaseSelfSupervisor):
         '''Predict the features of one view from the other.
 
-        Args:
+Args:
             backbone: Encoder.
             neck: Projector.
             head: Owns the loss; ``head.loss(pred, target)``.
@@ -47,6 +47,7 @@ passes ``init_cfg`` as the backbone) is a subclass, an entry point and a spec::
     type = "ResNet"
     depth = 18
     ...
+
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ class BaseSelfSupervisor(BaseModel):
             number of input channels).
         std: Per-channel standard deviation the input is divided by.
         to_rgb: Reverse the channel order (BGR -> RGB) before normalising; 3-channel input only.
+
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(
         self,
@@ -148,6 +153,7 @@ class BaseSelfSupervisor(BaseModel):
 
         Raises:
             PretrainError: Fewer views than the algorithm needs.
+
         """
         views = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         if len(views) < count:
@@ -163,6 +169,7 @@ class BaseSelfSupervisor(BaseModel):
 
         Raises:
             PretrainError: Wrong rank or channel count.
+
         """
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise PretrainError(
@@ -205,6 +212,7 @@ class BaseSelfSupervisor(BaseModel):
 
         Raises:
             PretrainError: Always.
+
         """
         raise PretrainError(
             f"{type(self).__name__} is a self-supervised pretraining model and has no "

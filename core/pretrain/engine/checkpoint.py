@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import struct
@@ -46,6 +47,8 @@ __all__ = [
     "flatten_optimizer",
     "load_tensors",
     "read_metadata",
+    "read_metadata_json",
+    "remove_stale_temp_files",
     "restore_rng",
     "save_tensors",
     "unflatten_optimizer",
@@ -181,6 +184,7 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 
     Raises:
         CheckpointError: Missing, truncated or corrupt file (checksum verified when present).
+
     """
     p = Path(path)
     try:
@@ -192,7 +196,7 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     header, _ = _split(p, blob)
     try:
         tensors = st_load(blob)
-    except Exception as exc:  # noqa: BLE001 - SafetensorError has no stable import path
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {p} is corrupt: {exc}") from None
     meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != _DIGEST_KEY}
     return tensors, meta
@@ -214,6 +218,17 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     except ValueError:
         raise CheckpointError(f"checkpoint {p} is truncated or corrupt") from None
     return dict(header.get("__metadata__") or {})
+
+
+def read_metadata_json(path: str | os.PathLike[str], key: str = "pretrain.state") -> dict[str, Any]:
+    """Parse the JSON document stored under ``key`` in a safetensors file's metadata."""
+    meta = read_metadata(path)
+    try:
+        return dict(json.loads(meta[key]))
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(
+            f"{path} is not a pretrain training state (no valid {key!r} metadata)"
+        ) from None
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -248,7 +263,7 @@ def restore_rng(state: Mapping[str, torch.Tensor]) -> None:
     if "python" in state:
         version, gauss_next = state["python_extra"].tolist()
         internal = tuple(int(v) for v in state["python"].tolist())
-        random.setstate((int(version), internal, None if gauss_next != gauss_next else gauss_next))
+        random.setstate((int(version), internal, None if math.isnan(gauss_next) else gauss_next))
 
 
 # --------------------------------------------------------------------------- optimizer state

@@ -32,6 +32,7 @@ class DistInfo:
         local_rank: Rank on this node (selects the GPU).
         device: The torch device this process trains on.
         distributed: Whether a process group is active.
+
     """
 
     rank: int
@@ -96,9 +97,9 @@ def init_distributed(requested_device: str) -> DistInfo:
 
     Returns:
         This process's :class:`DistInfo`.
+
     """
     world = _env_int("WORLD_SIZE") or 1
-    rank = _env_int("RANK") or 0
     local_rank = _env_int("LOCAL_RANK") or 0
     device = resolve_device(requested_device, local_rank)
     if world == 1:

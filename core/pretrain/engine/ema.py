@@ -24,6 +24,7 @@ class ModelEMA:
     Args:
         model: The (unwrapped) model being trained; copied once.
         cfg: Decay, update interval and warm-up.
+
     """
 
     def __init__(self, model: nn.Module, cfg: EMAConfig) -> None:

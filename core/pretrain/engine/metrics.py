@@ -26,6 +26,7 @@ class AccuracyMeter:
         topk: The k values to report (``accuracy/top{k}``).
         num_classes: Number of classes (scores have this many columns).
         device: Where the counters live (the model's device: no host syncs per batch).
+
     """
 
     def __init__(self, topk: Sequence[int], num_classes: int, device: torch.device) -> None:
@@ -61,6 +62,7 @@ class AccuracyMeter:
             ``accuracy/top{k}`` (percent) for each k, ``num_samples``, and
             ``per_class`` (a list of ``{"class", "accuracy", "count"}``; accuracy is
             None for a class without samples).
+
         """
         counts = torch.cat([self.hits, self.class_hits, self.class_total])
         if info is not None:

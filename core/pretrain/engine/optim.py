@@ -87,6 +87,7 @@ def param_groups(
     Returns:
         ``torch.optim`` parameter groups, each with ``lr``, ``weight_decay`` and ``base_lr``;
         groups are ordered by first appearance, so the layout is deterministic.
+
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -133,6 +134,7 @@ def build_optimizer(
 
     Returns:
         The optimizer; every group carries ``base_lr`` for the schedule.
+
     """
     groups = param_groups(model, cfg.lr, cfg.weight_decay, paramwise)
     # foreach kernels are the default fast path on both CPU and CUDA.

@@ -36,6 +36,7 @@ class LRSchedule:
         total_steps: Optimizer steps in the whole run.
         steps_per_epoch: Optimizer steps per epoch (converts epochs to steps).
         warmup_steps: Length of the linear warm-up in steps.
+
     """
 
     cfg: ScheduleConfig
@@ -73,9 +74,8 @@ def build_schedule(cfg: ScheduleConfig, *, total_steps: int, steps_per_epoch: in
         cfg: The ``[train.schedule]`` table.
         total_steps: Optimizer steps in the run (``epochs * steps_per_epoch``, or ``max_steps``).
         steps_per_epoch: Optimizer steps per epoch.
+
     """
-    if cfg.warmup_steps is not None:
-        warmup = cfg.warmup_steps
-    else:
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    by_epochs = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else by_epochs
     return LRSchedule(cfg, max(1, total_steps), max(1, steps_per_epoch), min(warmup, total_steps))

@@ -1,0 +1,351 @@
+"""``pretrain convert-weights SRC DST``: torchvision/timm weights → a safetensors checkpoint.
+
+The converter is chosen by architecture family (``resnet``, ``mobilenet_v2``,
+``vit``, or any family a plugin registers in the ``pretrain.weight_converters``
+entry-point group), inferred from ``--arch`` or given with ``--family``. The
+source file is read without unpickling objects (``.safetensors``, or
+``torch.load(weights_only=True)`` for ``.pth``/``.pt``/``.bin``) and the result
+is written with safetensors. Torch is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pretrain._errors import PretrainError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "CONVERTER_GROUP",
+    "add_parser",
+    "check_backbone_keys",
+    "convert_file",
+    "family_of",
+    "load_state_dict",
+    "run",
+]
+
+#: Entry-point group of weight converters: name = family, value = ``module:convert``.
+CONVERTER_GROUP = "pretrain.weight_converters"
+
+#: (family, pattern over the arch name without a timm ``.tag``), first match wins.
+_FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("resnet", r"resnet\d+[a-z]?"),
+    ("mobilenet_v2", r"mobilenet_?v2(_\w+)?"),
+    ("vit", r"vit_\w+"),
+)
+_STATE_DICT_KEYS = ("state_dict", "model", "module")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "convert-weights",
+        help="convert torchvision/timm weights to a pretrain .safetensors checkpoint",
+        description=(
+            "Convert a torchvision or timm classifier state dict (.pth/.pt/.bin read with "
+            "torch.load(weights_only=True), or .safetensors) to the keys of pretrain's "
+            "ImageClassifier (backbone.*, head.fc.*) and write it as .safetensors."
+        ),
+    )
+    p.add_argument("src", type=Path, help="source weights (.pth, .pt, .bin or .safetensors)")
+    p.add_argument("dst", type=Path, help="output file (.safetensors)")
+    p.add_argument(
+        "--from", dest="source", required=True, choices=("torchvision", "timm"),
+        help="library the weights come from",
+    )
+    p.add_argument(
+        "--arch", required=True,
+        help="architecture name as the source library spells it, e.g. resnet50, "
+        "mobilenet_v2, vit_b_16 (torchvision) or resnet50d, vit_base_patch16_224 (timm)",
+    )
+    p.add_argument(
+        "--family", help="converter to use (entry-point name); default: inferred from --arch"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    p.set_defaults(run=run)
+
+
+def family_of(arch: str) -> str | None:
+    """The converter family of an architecture name (``resnet50d`` → ``resnet``), if known."""
+    name = arch.split(".", 1)[0].lower()
+    for family, pattern in _FAMILY_PATTERNS:
+        if re.fullmatch(pattern, name):
+            return family
+    return None
+
+
+def _converters() -> dict[str, list[Any]]:
+    import importlib.metadata as md
+
+    found: dict[str, list[Any]] = {}
+    for ep in md.entry_points(group=CONVERTER_GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
+def _load_converter(family: str) -> Callable[..., dict[str, Tensor]]:
+    available = _converters()
+    eps = available.get(family)
+    if not eps:
+        known = ", ".join(sorted(available)) or "(none)"
+        raise PretrainError(
+            f"no weight converter is registered for family {family!r}; installed: {known}.",
+            hint=f"Pass --family with one of those, or install a plugin that provides "
+            f"a {CONVERTER_GROUP} entry point named {family!r}.",
+        )
+    if len(eps) > 1:
+        values = ", ".join(ep.value for ep in eps)
+        raise PretrainError(
+            f"several weight converters are registered for family {family!r}: {values}.",
+            hint="Uninstall one of the packages that provide them.",
+        )
+    try:
+        func = eps[0].load()
+    except Exception as exc:
+        raise PretrainError(
+            f"the {family!r} weight converter ({eps[0].value}) failed to import: "
+            f"{type(exc).__name__}: {exc}",
+            hint="Reinstall the package that provides it, or run with --debug.",
+        ) from exc
+    if not callable(func):
+        raise PretrainError(f"the {family!r} weight converter {eps[0].value} is not callable.")
+    return func  # type: ignore[no-any-return]
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    import torch
+
+    # Training checkpoints nest the weights: {"state_dict": {...}, "epoch": ...}.
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise PretrainError(
+            f"{path} does not hold a state dict (a mapping of names to tensors).",
+            hint="Save the weights with torch.save(model.state_dict(), path).",
+        )
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise PretrainError(
+            f"{path}: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} not tensors "
+            f"({', '.join(bad[:5])}).",
+            hint="Save the weights with torch.save(model.state_dict(), path).",
+        )
+    state = {str(k): v for k, v in obj.items()}
+    # DistributedDataParallel checkpoints prefix every key with "module.".
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read tensors from ``path`` without unpickling arbitrary objects.
+
+    Raises:
+        PretrainError: Missing file, unknown extension, or content that is not tensors.
+
+    """
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise PretrainError(f"{path}: no such file.", hint="Check the SRC path.")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _unwrap(load_file(str(path)), path)
+    if suffix not in _TORCH_SUFFIXES:
+        raise PretrainError(
+            f"{path}: unknown weight file type {suffix or '(no extension)'!r}.",
+            hint=f"Use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}.",
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PretrainError(
+            f"{path} contains Python objects other than tensors, and pretrain never "
+            f"unpickles them ({str(exc).splitlines()[0]}).",
+            hint="Load it in Python from a source you trust and re-save "
+            "torch.save(model.state_dict(), path), or export it as .safetensors.",
+        ) from exc
+    return _unwrap(obj, path)
+
+
+def _detach_for_saving(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # safetensors refuses tensors that share memory; clone the (rare) aliases.
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, Tensor] = {}
+    for key, tensor in state.items():
+        t = tensor.detach().contiguous()
+        ident = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
+        if t.numel() and ident in seen:
+            t = t.clone()
+        seen.add(ident)
+        out[key] = t
+    return out
+
+
+def check_backbone_keys(converted: Mapping[str, Tensor], spec: Mapping[str, Any]) -> None:
+    """Compare the ``backbone.*`` tensors with a ``spec`` backbone built on the meta device.
+
+    Catches truncated or mismatched checkpoints at conversion time rather than
+    when a training run loads them.
+
+    Raises:
+        PretrainError: Keys missing, unexpected or of the wrong shape.
+
+    """
+    import torch
+
+    from pretrain._build import build_from_spec
+
+    with torch.device("meta"):
+        backbone = build_from_spec("backbone", spec)
+    expected = {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in converted.items() if k.startswith("backbone.")}
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+        raise PretrainError(
+            f"the converted weights do not fit backbone {dict(spec)}: {'; '.join(parts)}.",
+            hint="Check --arch: the checkpoint is probably a different variant or depth.",
+        )
+
+
+def convert_file(
+    src: Path, dst: Path, *, source: str, arch: str, family: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Convert ``src`` to ``dst`` and return a summary (the CLI prints it).
+
+    Args:
+        src: Source weights file.
+        dst: Output ``.safetensors`` file.
+        source: ``torchvision`` or ``timm``.
+        arch: Architecture name in the source library.
+        family: Converter family; inferred from ``arch`` when ``None``.
+        overwrite: Replace an existing ``dst``.
+
+    Returns:
+        ``family``, ``tensors_in``, ``tensors_out``, ``parameters`` (elements of the
+        converted tensors), ``groups`` (tensor count per top-level prefix),
+        ``backbone`` (spec table of the matching backbone, when the converter knows it)
+        and ``head`` (``num_classes``/``in_channels`` of ``head.fc``, when present).
+
+    Raises:
+        PretrainError: Any user-fixable problem (paths, arch, keys).
+
+    """
+    import inspect
+
+    from safetensors.torch import save_file
+
+    if dst.suffix.lower() != ".safetensors":
+        raise PretrainError(
+            f"{dst}: the output must be a .safetensors file.", hint="Rename DST to *.safetensors."
+        )
+    if dst.exists() and not overwrite:
+        raise PretrainError(f"{dst} already exists.", hint="Pass --force to overwrite it.")
+    family = family or family_of(arch)
+    if family is None:
+        known = ", ".join(f for f, _ in _FAMILY_PATTERNS)
+        raise PretrainError(
+            f"cannot tell which converter handles arch {arch!r} (known families: {known}).",
+            hint="Pass --family NAME to choose a converter explicitly.",
+        )
+    converter = _load_converter(family)
+    state = load_state_dict(src)
+    converted = converter(state, source=source, arch=arch)
+    groups: dict[str, int] = {}
+    for key in converted:
+        top = key.split(".", 1)[0]
+        groups[top] = groups.get(top, 0) + 1
+    summary: dict[str, Any] = {
+        "family": family,
+        "tensors_in": len(state),
+        "tensors_out": len(converted),
+        "parameters": sum(t.numel() for t in converted.values()),
+        "groups": groups,
+        "backbone": None,
+        "head": None,
+    }
+    spec_fn = getattr(inspect.getmodule(converter), "backbone_spec", None)
+    if callable(spec_fn):
+        summary["backbone"] = spec_fn(arch, source)
+        check_backbone_keys(converted, summary["backbone"])
+    fc = converted.get("head.fc.weight")
+    if fc is not None and fc.dim() == 2:
+        summary["head"] = {"num_classes": int(fc.shape[0]), "in_channels": int(fc.shape[1])}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        _detach_for_saving(converted),
+        str(dst),
+        metadata={"format": "pt", "pretrain.source": source, "pretrain.arch": arch,
+                  "pretrain.family": family, "pretrain.converted_from": src.name},
+    )
+    return summary
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert the weights and print a summary."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pretrain.cli._console import console
+
+    summary = convert_file(
+        args.src, args.dst, source=args.source, arch=args.arch, family=args.family,
+        overwrite=args.force,
+    )
+    table = Table(title=f"converted {escape(args.source)} {escape(args.arch)}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("source", escape(str(args.src)))
+    table.add_row("output", escape(str(args.dst)))
+    table.add_row("converter", escape(summary["family"]))
+    table.add_row("tensors", f"{summary['tensors_in']} → {summary['tensors_out']}")
+    for group, count in summary["groups"].items():
+        table.add_row(f"  {escape(group)}.*", str(count))
+    table.add_row("elements (incl. BN statistics)", f"{summary['parameters']:,}")
+    console.print(table)
+    lines = []
+    if summary["backbone"]:
+        lines.append("[model.backbone]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in summary["backbone"].items()]
+    if summary["head"]:
+        lines.append("[model.head]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in summary["head"].items()]
+    if lines:
+        console.print("\nMatching spec tables (load with a Pretrained init rule on the model):")
+        console.print(escape("\n".join(lines)))
+        console.print(
+            escape(f'[[model.init]]\ntype = "Pretrained"\ncheckpoint = "{args.dst}"')
+        )
+    return 0

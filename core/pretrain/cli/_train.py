@@ -1,0 +1,105 @@
+"""``pretrain train SPEC``: train a spec's model; the run directory keeps everything."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from pretrain.cli._validate import add_spec_arguments
+
+__all__ = ["add_parser", "default_run_dir", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser(
+        "train",
+        help="train a model from a spec (CPU, CUDA, or several GPUs under torchrun)",
+        description=(
+            "Train the spec's model on its [data] with its [train] settings. The run directory "
+            "receives the resolved spec (spec.toml), metrics.jsonl (one line per epoch), "
+            "curves.png and checkpoints/ (last/best weights as safetensors). Under torchrun "
+            "every process trains a shard (DDP); only rank 0 writes."
+        ),
+    )
+    add_spec_arguments(p)
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="run directory (default: runs/<spec file name without suffix>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--device", metavar="D",
+                   help="auto, cpu, cuda or cuda:N (default: the spec's train.device)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="seed of init, data order and augmentation (sets train.seed)")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="rich live progress bar even when stderr is not a terminal")
+    live.add_argument("--plain", dest="live", action="store_false",
+                      help="plain log lines even on a terminal")
+    p.set_defaults(run=run)
+
+
+def default_run_dir(spec_path: str) -> Path:
+    """``runs/<spec stem>`` in the current directory."""
+    return Path("runs") / Path(spec_path).stem
+
+
+def _changed_tables(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if old is None:
+        return []
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train."""
+    from pretrain._spec import load_spec  # noqa: PLC0415
+    from pretrain._validate import validate_spec  # noqa: PLC0415
+    from pretrain.cli._console import console, err_console  # noqa: PLC0415
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    raw = load_spec(args.spec, overrides)
+    spec = validate_spec(raw, source=args.spec)
+
+    from pretrain.engine.distributed import shutdown  # noqa: PLC0415 - imports torch
+    from pretrain.engine.rundir import RunDir  # noqa: PLC0415
+    from pretrain.engine.trainer import Trainer  # noqa: PLC0415
+
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec)
+    if args.resume:
+        changed = _changed_tables(RunDir(run_dir).read_spec(), spec.raw)
+        if changed:
+            err_console.print(
+                f"[yellow]warning:[/] resuming with a spec that differs from {run_dir}/spec.toml "
+                f"in: {', '.join(changed)} (the new values apply from here on)"
+            )
+    t0 = time.perf_counter()
+    trainer = Trainer(spec, run_dir, device=args.device, resume=args.resume,
+                      console=err_console, live=args.live)
+    try:
+        record = trainer.fit()
+        if trainer.dist.is_main:
+            _summary(console, trainer, record, time.perf_counter() - t0)
+    finally:
+        shutdown()
+    return 0
+
+
+def _summary(console: Any, trainer: Any, record: dict[str, Any], wall: float) -> None:
+    st, rd = trainer.state, trainer.run
+    metrics = ", ".join(f"{k} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/"))
+    best = ""
+    if st.best is not None:
+        best = f" (best {trainer.cfg.best_metric} {st.best:.2f} at epoch {st.best_epoch})"
+    console.print(
+        f"[bold green]done[/] in {wall:.1f} s: epoch {st.epoch}, step {st.step}, "
+        f"train_loss {record.get('train_loss', float('nan')):.4f}"
+        f"{', ' + metrics if metrics else ''}{best}\n"
+        f"  weights: {rd.best_weights if rd.best_weights.exists() else rd.last_weights}\n"
+        f"  metrics: {rd.metrics_file}   curves: {rd.plot_file}",
+        highlight=False,
+    )

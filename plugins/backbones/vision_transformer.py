@@ -1,0 +1,717 @@
+"""Vision Transformer backbone (ViT, DeiT).
+
+Provenance: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words" (arXiv:2010.11929)
+and Touvron et al., 2021, "Training data-efficient image transformers" (DeiT,
+arXiv:2012.12877). Semantics, argument names, presets and state-dict keys follow
+MMPretrain's ``mmpretrain/models/backbones/vision_transformer.py`` (with MMCV's
+``PatchEmbed``/``FFN`` and MMPretrain's ``MultiheadAttention``), so MMPretrain
+checkpoints load unchanged. Differences (see ``docs/differences.md``):
+``out_indices`` is never mutated and an index equal to ``num_layers`` is a
+validation error instead of an empty output; outputs follow the order of
+``out_indices``; ``frozen_stages`` also keeps the frozen part in eval mode after
+``model.train()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from pretrain_builtins.backbones._layers import DropPath
+from pydantic import Field
+from torch import Tensor, nn
+
+from pretrain._errors import PretrainError
+from pretrain.components import BaseBackbone
+
+__all__ = [
+    "FFN",
+    "LayerScale",
+    "MultiheadAttention",
+    "PatchEmbed",
+    "TransformerEncoderLayer",
+    "VisionTransformer",
+    "resize_pos_embed",
+]
+
+OutType = Literal["cls_token", "featmap", "avg_featmap", "raw"]
+InterpolateMode = Literal["bicubic", "bilinear", "nearest"]
+
+#: Keys a custom ``arch`` table must have (all positive integers).
+ARCH_KEYS = ("embed_dims", "num_layers", "num_heads", "feedforward_channels")
+
+#: LayerNorm epsilon of every ViT norm (MMPretrain's ``norm_cfg=dict(type='LN', eps=1e-6)``).
+LN_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    h, w = value
+    return int(h), int(w)
+
+
+def _is_square(n: int) -> bool:
+    return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def resize_pos_embed(
+    pos_embed: Tensor,
+    src_shape: tuple[int, int],
+    dst_shape: tuple[int, int],
+    mode: str = "bicubic",
+    num_extra_tokens: int = 1,
+) -> Tensor:
+    """Resize a (1, extra + H·W, C) position embedding to another patch grid.
+
+    The extra (cls) tokens are kept; the grid part is interpolated as an image.
+
+    Args:
+        pos_embed: Position embedding (1, L, C).
+        src_shape: (H, W) grid of ``pos_embed``.
+        dst_shape: (H, W) grid wanted.
+        mode: ``F.interpolate`` mode.
+        num_extra_tokens: Leading tokens that are not part of the grid.
+
+    Returns:
+        The resized embedding (1, extra + H'·W', C); ``pos_embed`` itself when the grids match.
+
+    """
+    if tuple(src_shape) == tuple(dst_shape):
+        return pos_embed
+    _, length, channels = pos_embed.shape
+    src_h, src_w = src_shape
+    if length != num_extra_tokens + src_h * src_w:
+        raise ValueError(
+            f"position embedding has {length} tokens, expected {num_extra_tokens} extra + "
+            f"{src_h}x{src_w} grid"
+        )
+    extra = pos_embed[:, :num_extra_tokens]
+    grid = pos_embed[:, num_extra_tokens:].reshape(1, src_h, src_w, channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst_shape), mode=mode, align_corners=False)  # (1, C, H', W')
+    grid = grid.flatten(2).transpose(1, 2)  # (1, H'·W', C)
+    return torch.cat((extra, grid), dim=1)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a ``kernel = stride = patch_size`` convolution.
+
+    Inputs whose size is not a multiple of the patch size are zero-padded at the
+    bottom/right first (MMCV's ``AdaptivePadding(padding='corner')``).
+
+    Args:
+        in_channels: Image channels.
+        embed_dims: Token width.
+        patch_size: Square patch size in pixels.
+        img_size: The (H, W) the model is built for (sets ``init_out_size``).
+        bias: Whether the projection has a bias (MMPretrain: ``not pre_norm``).
+
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dims: int,
+        patch_size: int,
+        img_size: tuple[int, int],
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.projection = nn.Conv2d(
+            in_channels, embed_dims, kernel_size=patch_size, stride=patch_size, bias=bias
+        )
+        self.init_out_size = (
+            math.ceil(img_size[0] / patch_size),
+            math.ceil(img_size[1] / patch_size),
+        )
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Return tokens (B, H'·W', C) and the grid (H', W')."""
+        p = self.patch_size
+        pad_h, pad_w = (-x.shape[-2]) % p, (-x.shape[-1]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.projection(x)  # (B, C, H', W')
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
+        return x.flatten(2).transpose(1, 2), grid  # (B, H'·W', C)
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale (CaiT), parameter named ``weight`` as in MMPretrain.
+
+    Args:
+        dim: Channels.
+        init_value: Initial value of every scale.
+
+    """
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Scale the last dimension."""
+        return x * self.weight
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (MMPretrain layout).
+
+    Args:
+        embed_dims: Token width.
+        num_heads: Attention heads (must divide ``embed_dims``).
+        qkv_bias: Bias on the ``qkv`` projection.
+        attn_drop: Dropout on the attention weights.
+        proj_drop: Dropout after the output projection.
+        drop_path: Stochastic depth of this residual branch.
+        layer_scale_init_value: LayerScale init (0 disables it).
+
+    """
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f"embed_dims {embed_dims} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.gamma1: nn.Module = (
+            LayerScale(embed_dims, layer_scale_init_value) if layer_scale_init_value > 0 else nn.Identity()
+        )
+        self.out_drop = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the attention branch output (without the residual)."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dims)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dims)
+        drop = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, heads, N, head_dims)
+        x = x.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+        x = self.proj(x)
+        return self.out_drop(self.gamma1(self.proj_drop(x)))
+
+
+class FFN(nn.Module):
+    """Two-layer MLP with GELU and a residual connection (MMCV's ``FFN`` key layout).
+
+    ``layers.0.0`` is the first Linear, ``layers.1`` the second, so MMPretrain
+    checkpoints map one to one.
+
+    Args:
+        embed_dims: Token width.
+        feedforward_channels: Hidden width.
+        ffn_drop: Dropout after the activation and after the second Linear.
+        drop_path: Stochastic depth of this residual branch.
+        layer_scale_init_value: LayerScale init (0 disables it).
+
+    """
+
+    def __init__(
+        self,
+        embed_dims: int,
+        feedforward_channels: int,
+        ffn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(
+                nn.Linear(embed_dims, feedforward_channels), nn.GELU(), nn.Dropout(ffn_drop)
+            ),
+            nn.Linear(feedforward_channels, embed_dims),
+            nn.Dropout(ffn_drop),
+        )
+        self.gamma2: nn.Module = (
+            LayerScale(embed_dims, layer_scale_init_value) if layer_scale_init_value > 0 else nn.Identity()
+        )
+        self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, identity: Tensor) -> Tensor:
+        """Return ``identity + branch(x)``."""
+        return identity + self.dropout_layer(self.gamma2(self.layers(x)))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Pre-norm Transformer block: ``x + attn(ln1(x))`` then ``x + ffn(ln2(x))``.
+
+    Args:
+        embed_dims: Token width.
+        num_heads: Attention heads.
+        feedforward_channels: MLP hidden width.
+        layer_scale_init_value: LayerScale init (0 disables it).
+        drop_rate: Dropout after projections and in the MLP.
+        attn_drop_rate: Dropout on attention weights.
+        drop_path_rate: Stochastic depth of both residual branches.
+        qkv_bias: Bias on the ``qkv`` projection.
+
+    """
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        feedforward_channels: int,
+        layer_scale_init_value: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.attn = MultiheadAttention(
+            embed_dims,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop_rate,
+            proj_drop=drop_rate,
+            drop_path=drop_path_rate,
+            layer_scale_init_value=layer_scale_init_value,
+        )
+        self.ln2 = nn.LayerNorm(embed_dims, eps=LN_EPS)
+        self.ffn = FFN(
+            embed_dims,
+            feedforward_channels,
+            ffn_drop=drop_rate,
+            drop_path=drop_path_rate,
+            layer_scale_init_value=layer_scale_init_value,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, C) -> (B, N, C)."""
+        x = x + self.attn(self.ln1(x))
+        return self.ffn(self.ln2(x), identity=x)
+
+    def init_ffn(self) -> None:
+        """MMPretrain's ``TransformerEncoderLayer.init_weights``: Xavier MLP, tiny-normal bias."""
+        for m in self.ffn.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.normal_(m.bias, std=1e-6)
+
+
+# ----------------------------------------------------------------------------- backbone
+
+
+class VisionTransformer(BaseBackbone):
+    """Vision Transformer (ViT/DeiT): patch embedding, cls token, Transformer encoder.
+
+    Returns one feature per ``out_indices`` entry, shaped by ``out_type``:
+    ``cls_token`` (B, C); ``featmap`` (B, C, H/p, W/p) from the patch tokens;
+    ``avg_featmap`` (B, C), the mean patch token through an extra LayerNorm
+    ``ln2``; ``raw`` (B, L, C) including the cls token. Other input sizes work:
+    the position embedding is interpolated at forward time, and a checkpoint with
+    a position embedding of another size is resized while it is loaded.
+
+    Args:
+        arch: A preset name (``deit-tiny``/``deit-t``, ``deit-small``/``deit-s``,
+            ``deit-base``/``deit-b``, ``small``/``s``, ``base``/``b``, ``large``/``l``,
+            ``huge``/``h``) or a table with integer ``embed_dims``, ``num_layers``,
+            ``num_heads`` and ``feedforward_channels``.
+        img_size: Input size the position embedding is built for (int or [H, W]).
+        patch_size: Square patch size in pixels.
+        in_channels: Image channels.
+        out_indices: Encoder layer(s) to output; negative values count from the end
+            (-1 is the last layer).
+        drop_rate: Dropout after the position embedding, the projections and in the MLPs.
+        drop_path_rate: Stochastic depth, rising linearly from 0 to this value over the layers.
+        qkv_bias: Whether the attention ``qkv`` projection has a bias.
+        final_norm: Apply a LayerNorm (``ln1``) after the last layer.
+        out_type: ``cls_token``, ``featmap``, ``avg_featmap`` or ``raw`` (see above).
+        with_cls_token: Prepend a learnable cls token (required by ``out_type = "cls_token"``).
+        frozen_stages: Freeze the patch embedding, tokens and the first this-many layers
+            (-1: nothing; ``num_layers`` also freezes the final norms, e.g. for a linear probe).
+        interpolate_mode: How the position embedding is resized for other grids.
+        layer_scale_init_value: LayerScale init value; 0 disables LayerScale.
+        pre_norm: Add a LayerNorm before the encoder (CLIP style; the patch projection
+            then has no bias).
+        with_cp: Activation checkpointing of every layer while training (saves memory).
+
+    """
+
+    component_kind: ClassVar[str] = "backbone"
+    #: MMPretrain's ViT has ``init_cfg=None``: only the work in :meth:`post_init_weights`.
+    default_init: ClassVar[list[dict[str, Any]]] = []
+    OUT_TYPES: ClassVar[tuple[str, ...]] = ("raw", "cls_token", "featmap", "avg_featmap")
+    #: A small instance for the conformance kit (``pretrain.testing``).
+    example_config: ClassVar[dict[str, Any]] = {
+        "arch": {"embed_dims": 16, "num_layers": 2, "num_heads": 2, "feedforward_channels": 32},
+        "img_size": 32,
+        "patch_size": 8,
+    }
+
+    def __init__(
+        self,
+        *,
+        arch: str | dict[str, int] = "base",
+        img_size: Annotated[int, Field(gt=0)] | tuple[int, int] = 224,
+        patch_size: Annotated[int, Field(gt=0)] = 16,
+        in_channels: Annotated[int, Field(gt=0)] = 3,
+        out_indices: int | Sequence[int] = -1,
+        drop_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0,
+        qkv_bias: bool = True,
+        final_norm: bool = True,
+        out_type: OutType = "cls_token",
+        with_cls_token: bool = True,
+        frozen_stages: Annotated[int, Field(ge=-1)] = -1,
+        interpolate_mode: InterpolateMode = "bicubic",
+        layer_scale_init_value: Annotated[float, Field(ge=0.0)] = 0.0,
+        pre_norm: bool = False,
+        with_cp: bool = False,
+    ) -> None:
+        super().__init__()
+        problems = list(
+            self._check(
+                arch=arch,
+                img_size=img_size,
+                out_indices=out_indices,
+                out_type=out_type,
+                with_cls_token=with_cls_token,
+                frozen_stages=frozen_stages,
+            )
+        )
+        if problems:
+            raise ValueError("; ".join(f"{name}: {msg}" for name, msg in problems))
+        settings = self.arch_settings(arch)
+        self.arch = arch if isinstance(arch, str) else dict(arch)
+        self.embed_dims = settings["embed_dims"]
+        self.num_layers = settings["num_layers"]
+        self.img_size = _pair(img_size)
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_type: str = out_type
+        self.with_cls_token = with_cls_token
+        self.final_norm = final_norm
+        self.frozen_stages = frozen_stages
+        self.interpolate_mode: str = interpolate_mode
+        self.with_cp = with_cp
+
+        self.patch_embed = PatchEmbed(
+            in_channels, self.embed_dims, patch_size, self.img_size, bias=not pre_norm
+        )
+        self.patch_resolution = self.patch_embed.init_out_size
+        num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+
+        # cls token: present unless disabled; `cls_token` out_type without it was rejected above.
+        self.num_extra_tokens = 1 if with_cls_token else 0
+        self.cls_token: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(1, 1, self.embed_dims)) if with_cls_token else None
+        )
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + self.num_extra_tokens, self.embed_dims)
+        )
+        self.register_load_state_dict_pre_hook(self._prepare_pos_embed)
+        self.drop_after_pos = nn.Dropout(p=drop_rate)
+
+        # Copy into a fresh tuple: the caller's list is never rewritten (MMPretrain mutates it).
+        self.out_indices = tuple(self._normalise_indices(out_indices, self.num_layers))
+
+        # Stochastic depth rising linearly over the layers (plain floats: works under meta).
+        n = self.num_layers
+        dpr = [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(
+                embed_dims=self.embed_dims,
+                num_heads=settings["num_heads"],
+                feedforward_channels=settings["feedforward_channels"],
+                layer_scale_init_value=layer_scale_init_value,
+                drop_rate=drop_rate,
+                drop_path_rate=dpr[i],
+                qkv_bias=qkv_bias,
+            )
+            for i in range(self.num_layers)
+        )
+        self.pre_norm: nn.Module = (
+            nn.LayerNorm(self.embed_dims, eps=LN_EPS) if pre_norm else nn.Identity()
+        )
+        if final_norm:
+            self.ln1 = nn.LayerNorm(self.embed_dims, eps=LN_EPS)
+        if out_type == "avg_featmap":
+            self.ln2 = nn.LayerNorm(self.embed_dims, eps=LN_EPS)
+        if frozen_stages > 0:
+            self._freeze_stages()
+
+    # ------------------------------------------------------------------ spec checks
+
+    @staticmethod
+    def arch_settings(arch: str | Mapping[str, int]) -> dict[str, int]:
+        """Resolve ``arch`` (preset name, case-insensitive, or custom table) to its four sizes."""
+        if isinstance(arch, str):
+            return dict(ARCH_ZOO[_ARCH_ALIASES[arch.lower()]])
+        return {key: int(arch[key]) for key in ARCH_KEYS}
+
+    @classmethod
+    def spec_issues(cls, params: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        """Cross-field checks: arch table, out_indices range, cls token, frozen_stages."""
+        return cls._check(
+            arch=params.get("arch", "base"),
+            img_size=params.get("img_size", 224),
+            out_indices=params.get("out_indices", -1),
+            out_type=params.get("out_type", "cls_token"),
+            with_cls_token=params.get("with_cls_token", True),
+            frozen_stages=params.get("frozen_stages", -1),
+        )
+
+    @classmethod
+    def _check(
+        cls,
+        *,
+        arch: Any,
+        img_size: Any,
+        out_indices: Any,
+        out_type: Any,
+        with_cls_token: Any,
+        frozen_stages: Any,
+    ) -> Iterable[tuple[str, str]]:
+        if isinstance(arch, str):
+            if arch.lower() not in _ARCH_ALIASES:
+                yield "arch", (
+                    f"unknown ViT arch {arch!r}; choose one of {', '.join(sorted(_ARCH_ALIASES))} "
+                    f"or give a table with {', '.join(ARCH_KEYS)}"
+                )
+                return
+        elif isinstance(arch, Mapping):
+            missing = [k for k in ARCH_KEYS if k not in arch]
+            extra = sorted(set(arch) - set(ARCH_KEYS))
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"missing {', '.join(missing)}")
+                if extra:
+                    parts.append(f"unknown {', '.join(extra)}")
+                yield "arch", (
+                    f"a custom arch table needs exactly {', '.join(ARCH_KEYS)} ({'; '.join(parts)})"
+                )
+                return
+            bad = [k for k in ARCH_KEYS if not isinstance(arch[k], int) or arch[k] <= 0]
+            if bad:
+                yield "arch", f"{', '.join(bad)} must be positive integers"
+                return
+            if arch["embed_dims"] % arch["num_heads"]:
+                yield "arch", (
+                    f"embed_dims ({arch['embed_dims']}) must be divisible by num_heads "
+                    f"({arch['num_heads']})"
+                )
+                return
+        else:
+            yield "arch", f"expected a preset name or a table, got {type(arch).__name__}"
+            return
+        if not isinstance(img_size, int) and (
+            len(img_size) != 2 or any(int(s) <= 0 for s in img_size)
+        ):
+            yield "img_size", "must be a positive int or [height, width]"
+        num_layers = cls.arch_settings(arch)["num_layers"]
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        if not indices:
+            yield "out_indices", "must name at least one layer"
+        bad_idx = [i for i in indices if not -num_layers <= i < num_layers]
+        if bad_idx:
+            yield "out_indices", (
+                f"{bad_idx} out of range for {num_layers} layers; use 0..{num_layers - 1} "
+                f"or -{num_layers}..-1"
+            )
+        elif len({i % num_layers for i in indices}) != len(indices):
+            yield "out_indices", f"{indices} names the same layer twice"
+        if out_type == "cls_token" and not with_cls_token:
+            yield "with_cls_token", (
+                'out_type = "cls_token" needs the cls token; set with_cls_token = true or pick '
+                'out_type "avg_featmap", "featmap" or "raw"'
+            )
+        if frozen_stages > num_layers:
+            yield "frozen_stages", f"is {frozen_stages}, but the arch has only {num_layers} layers"
+
+    @staticmethod
+    def _normalise_indices(out_indices: int | Sequence[int], num_layers: int) -> list[int]:
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        return [i + num_layers if i < 0 else i for i in indices]
+
+    # ------------------------------------------------------------------ weights
+
+    def post_init_weights(self) -> None:
+        """MMPretrain's init: Xavier MLPs in every layer, truncated-normal position embedding."""
+        for layer in self.layers:
+            assert isinstance(layer, TransformerEncoderLayer)
+            layer.init_ffn()
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def _prepare_pos_embed(
+        self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Load-time hook: resize a checkpoint's ``pos_embed`` to this model's grid."""
+        name = prefix + "pos_embed"
+        if name not in state_dict:
+            return
+        ckpt = state_dict[name]
+        own_len = self.pos_embed.shape[1]
+        # A checkpoint with a cls slot loaded into a model without one: drop the slot
+        # (recognised by one token too many, or by a square grid after the first token).
+        if not self.with_cls_token and ckpt.dim() == 3 and ckpt.shape[1] != own_len:
+            n = ckpt.shape[1]
+            if n == own_len + 1 or (not _is_square(n) and _is_square(n - 1)):
+                ckpt = ckpt[:, 1:]
+        if ckpt.dim() == 3 and ckpt.shape[1] != own_len and ckpt.shape[2] == self.pos_embed.shape[2]:
+            side = math.isqrt(ckpt.shape[1] - self.num_extra_tokens)
+            if side * side != ckpt.shape[1] - self.num_extra_tokens:
+                raise PretrainError(
+                    f"cannot resize the checkpoint's {prefix}pos_embed {tuple(ckpt.shape)} to "
+                    f"{tuple(self.pos_embed.shape)}: its {ckpt.shape[1] - self.num_extra_tokens} "
+                    "patch positions are not a square grid",
+                    hint="Build the model with the checkpoint's img_size, or resize the "
+                    "embedding yourself before loading.",
+                )
+            ckpt = resize_pos_embed(
+                ckpt, (side, side), self.patch_resolution, self.interpolate_mode, self.num_extra_tokens
+            )
+        state_dict[name] = ckpt
+
+    # ------------------------------------------------------------------ freezing / LR decay
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        mods: list[nn.Module] = [self.drop_after_pos, self.patch_embed, self.pre_norm]
+        mods += list(self.layers[: max(self.frozen_stages, 0)])
+        if self.frozen_stages == self.num_layers:
+            if self.final_norm:
+                mods.append(self.ln1)
+            if self.out_type == "avg_featmap":
+                mods.append(self.ln2)
+        return mods
+
+    def _freeze_stages(self) -> None:
+        self.pos_embed.requires_grad_(False)
+        if self.cls_token is not None:
+            self.cls_token.requires_grad_(False)
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> VisionTransformer:
+        """Switch mode, keeping frozen stages in eval mode (no dropout / drop-path there)."""
+        super().train(mode)
+        if mode and self.frozen_stages > 0:
+            for module in self._frozen_modules():
+                module.eval()
+        return self
+
+    def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
+        """Layer id of a parameter for layer-wise LR decay (MMPretrain's rule).
+
+        Tokens and patch embedding are layer 0, encoder layer ``i`` is ``i + 1``,
+        everything else (final norms) is the last id.
+
+        Args:
+            param_name: The parameter's name (as in ``named_parameters``).
+            prefix: Prefix of the backbone's parameters in that name (e.g. ``"backbone."``).
+
+        Returns:
+            ``(layer_id, num_layer_ids)`` with ``num_layer_ids = num_layers + 2``.
+
+        """
+        total = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return total - 1, total
+        name = param_name[len(prefix):]
+        if name in ("cls_token", "pos_embed") or name.startswith(("patch_embed", "pre_norm")):
+            depth = 0
+        elif name.startswith("layers."):
+            depth = int(name.split(".")[1]) + 1
+        else:
+            depth = total - 1
+        return depth, total
+
+    # ------------------------------------------------------------------ forward
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """The position embedding (1, extra + H·W, C) for a patch grid of this size."""
+        return resize_pos_embed(
+            self.pos_embed, self.patch_resolution, grid, self.interpolate_mode, self.num_extra_tokens
+        )
+
+    def run_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """Apply one encoder layer, with activation checkpointing if ``with_cp`` while training."""
+        if self.with_cp and self.training and x.requires_grad:
+            out: Tensor = cp.checkpoint(layer, x, use_reentrant=False)
+            return out
+        result: Tensor = layer(x)
+        return result
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """(B, C_in, H, W) images -> one feature per ``out_indices`` entry."""
+        b = x.shape[0]
+        x, grid = self.patch_embed(x)  # (B, L, C)
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)  # (B, 1 + L, C)
+        x = x + self.pos_embed_for(grid)
+        x = self.pre_norm(self.drop_after_pos(x))
+        wanted = set(self.out_indices)
+        found: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            x = self.run_layer(layer, x)
+            if i == self.num_layers - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in wanted:
+                found[i] = self._format_output(x, grid)
+        return tuple(found[i] for i in self.out_indices)
+
+    def _format_output(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.out_type == "raw":
+            return x  # (B, extra + L, C)
+        if self.out_type == "cls_token":
+            return x[:, 0]  # (B, C)
+        patch_tokens = x[:, self.num_extra_tokens:]  # (B, L, C)
+        if self.out_type == "featmap":
+            b = x.shape[0]
+            return patch_tokens.reshape(b, *grid, -1).permute(0, 3, 1, 2)  # (B, C, H', W')
+        out: Tensor = self.ln2(patch_tokens.mean(dim=1))  # (B, C)
+        return out
+
+
+# ----------------------------------------------------------------------------- presets
+
+#: MMPretrain's ``arch_zoo`` (the entries expressible as the four integers).
+ARCH_ZOO: dict[str, dict[str, int]] = {
+    "small": {"embed_dims": 768, "num_layers": 8, "num_heads": 8, "feedforward_channels": 768 * 3},
+    "base": {"embed_dims": 768, "num_layers": 12, "num_heads": 12, "feedforward_channels": 3072},
+    "large": {"embed_dims": 1024, "num_layers": 24, "num_heads": 16, "feedforward_channels": 4096},
+    "huge": {"embed_dims": 1280, "num_layers": 32, "num_heads": 16, "feedforward_channels": 5120},
+    "deit-tiny": {"embed_dims": 192, "num_layers": 12, "num_heads": 3, "feedforward_channels": 768},
+    "deit-small": {"embed_dims": 384, "num_layers": 12, "num_heads": 6, "feedforward_channels": 1536},
+    "deit-base": {"embed_dims": 768, "num_layers": 12, "num_heads": 12, "feedforward_channels": 3072},
+}
+
+_ARCH_ALIASES: dict[str, str] = {
+    **{name: name for name in ARCH_ZOO},
+    "s": "small",
+    "b": "base",
+    "l": "large",
+    "h": "huge",
+    "deit-t": "deit-tiny",
+    "deit-s": "deit-small",
+    "deit-b": "deit-base",
+}

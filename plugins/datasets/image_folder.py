@@ -1,0 +1,259 @@
+"""``ImageFolder``: one sub-folder per class, any image format Pillow reads.
+
+Layout (the same as torchvision's and MMPretrain's ``CustomDataset`` with sub-folders)::
+
+    root/cat/001.jpg
+    root/cat/nested/002.png
+    root/dog/003.webp
+
+Labels follow the sorted folder names unless ``classes`` lists them (which also
+selects a subset). Every problem is reported up front with the path at fault:
+a missing ``root``, no class folders, an empty class, an unreadable image (or,
+with ``skip_unreadable``, a warning that says how many were left out).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field
+from torch import Tensor
+
+from pretrain._errors import PretrainError
+from pretrain.engine.data import BaseDataset, SkipSample
+
+__all__ = ["ImageFolder", "decode_image"]
+
+_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _image_extensions() -> frozenset[str]:
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def decode_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> Tensor:
+    """Decode a file as uint8 (channels, H, W); with ``size``, resize+centre-crop to size×size.
+
+    EXIF orientation is applied; 16-bit gray is scaled to 8 bits; transparency is
+    dropped (composited on black, as Pillow's ``convert`` does).
+    """
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # high bit-depth gray: scale, not clip
+            wide = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if img.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+            img = Image.fromarray(np.round(wide * (255.0 / peak)).clip(0, 255).astype(np.uint8))
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None:
+            img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
+def _verify(path: str) -> str | None:
+    """None if Pillow can parse the file's header (and, for PNG, its checksums), else the error."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except _READ_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class ImageFolder(BaseDataset):
+    """Images in ``root/<class>/...`` (any Pillow format); the folder name is the label.
+
+    Sub-folders of a class folder are searched too; hidden files and files whose
+    extension Pillow does not know are ignored. Images are converted to RGB, or to
+    gray when the model takes one channel.
+
+    Args:
+        root: Folder holding one sub-folder per class (``~`` is expanded; relative
+            paths are relative to the working directory).
+        classes: Class folder names in label order (default: every sub-folder,
+            sorted). Listing them selects a subset and pins the label order.
+        skip_unreadable: Leave out files Pillow cannot read (with a warning)
+            instead of failing on the first one.
+        verify: Check every file's header when the dataset is built, so a bad
+            file is reported before training. Turn off for huge folders; bad files
+            then fail (or are skipped) when they are loaded.
+        image_size: Resize every image (shorter side, then centre crop) to
+            image_size×image_size when decoding. Makes all images one size, which
+            lets small datasets be held in memory and pipelines skip a Resize.
+        channels: 1 or 3 channels; default: what the model takes.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        classes: list[str] | None = None,
+        skip_unreadable: bool = False,
+        verify: bool = True,
+        image_size: Annotated[int, Field(gt=0)] | None = None,
+        channels: Literal[1, 3] | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.skip_unreadable = skip_unreadable
+        self.image_size = image_size
+        self.requested_channels = channels
+        self._channels = channels or 3
+        self.classes, samples = self._scan(classes)
+        if verify:
+            samples = self._check(samples)
+        self.samples: list[tuple[str, int]] = samples
+        self._targets = torch.tensor([label for _, label in samples], dtype=torch.long)
+
+    # ------------------------------------------------------------------ scanning
+
+    def _scan(self, classes: list[str] | None) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+        if not self.root.is_dir():
+            what = "is a file, not a folder" if self.root.exists() else "does not exist"
+            raise PretrainError(
+                f"ImageFolder root {str(self.root)!r} {what}",
+                hint="Point root at a folder with one sub-folder of images per class "
+                "(root/<class>/<image>).",
+            )
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is None:
+            classes = found
+        else:
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise PretrainError(
+                    f"ImageFolder {str(self.root)!r} has no folder for class(es) {missing}",
+                    hint=f"Folders found: {found[:20]}. Fix `classes` or add the folders.",
+                )
+            if len(set(classes)) != len(classes):
+                raise PretrainError(f"ImageFolder classes list repeats names: {classes}")
+        if not classes:
+            raise PretrainError(
+                f"ImageFolder {str(self.root)!r} has no class sub-folders",
+                hint="Put the images of each class in their own folder: root/<class>/<image>.",
+            )
+        extensions = _image_extensions()
+        samples: list[tuple[str, int]] = []
+        for label, name in enumerate(classes):
+            files = sorted(self._images_in(self.root / name, extensions))
+            if not files:
+                raise PretrainError(
+                    f"ImageFolder class folder {str(self.root / name)!r} holds no images",
+                    hint="Add images (any format Pillow reads), remove the folder, or leave the "
+                    "class out of `classes`.",
+                )
+            samples += [(f, label) for f in files]
+        return tuple(classes), samples
+
+    @staticmethod
+    def _images_in(folder: Path, extensions: frozenset[str]) -> Iterable[str]:
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                    yield os.path.join(dirpath, name)
+
+    def _check(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
+            errors = list(pool.map(_verify, [path for path, _ in samples]))
+        bad = [(path, err) for (path, _), err in zip(samples, errors, strict=True) if err]
+        if not bad:
+            return samples
+        if not self.skip_unreadable:
+            path, err = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise PretrainError(
+                f"cannot read image {path!r}{more}: {err}",
+                hint="Remove or fix the file, or set skip_unreadable = true to leave such files out.",
+            )
+        warnings.warn(
+            f"ImageFolder {str(self.root)!r}: skipping {len(bad)} unreadable file(s), "
+            f"e.g. {bad[0][0]!r}", stacklevel=2,
+        )
+        bad_paths = {path for path, _ in bad}
+        kept = [s for s in samples if s[0] not in bad_paths]
+        for label, name in enumerate(self.classes):
+            if not any(lbl == label for _, lbl in kept):
+                raise PretrainError(
+                    f"ImageFolder class {name!r} has no readable images left in "
+                    f"{str(self.root / name)!r}", hint="Fix its files or leave the class out.",
+                )
+        return kept
+
+    # ------------------------------------------------------------------ contract
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> Tensor:
+        """Labels long (N,) from the folder names (no decoding)."""
+        return self._targets
+
+    @property
+    def channels(self) -> int:
+        """3 (RGB) unless ``channels = 1``."""
+        return self._channels
+
+    def load_image(self, index: int) -> Tensor:
+        """Decode image ``index`` as uint8 (C, H, W).
+
+        Raises:
+            PretrainError: The file cannot be read (``SkipSample`` with ``skip_unreadable``).
+
+        """
+        path = self.samples[index][0]
+        try:
+            return decode_image(path, self._channels, self.image_size)
+        except _READ_ERRORS as exc:
+            if self.skip_unreadable:
+                raise SkipSample(path) from exc
+            raise PretrainError(
+                f"cannot read image {path!r}: {type(exc).__name__}: {exc}",
+                hint="Remove or fix the file, or set skip_unreadable = true.",
+            ) from exc
+
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, image_size, image_size) when ``image_size`` is set, else None (sizes vary)."""
+        if self.image_size is None:
+            return None
+        return (self._channels, self.image_size, self.image_size)
+
+    def load_all(self) -> tuple[Tensor, Tensor]:
+        """Decode every image (in threads) into uint8 (N, C, S, S); needs ``image_size``."""
+        if self.image_size is None:
+            raise PretrainError(
+                "ImageFolder.load_all needs image_size (the images may differ in size)",
+                hint="Set image_size, or let the engine use a DataLoader (in_memory = false).",
+            )
+
+        def load(i: int) -> Tensor | None:
+            try:
+                return self.load_image(i)
+            except SkipSample:
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
+            images = list(pool.map(load, range(len(self))))
+        keep = [i for i, img in enumerate(images) if img is not None]
+        if len(keep) < len(images):
+            warnings.warn(f"ImageFolder {str(self.root)!r}: skipped {len(images) - len(keep)} "
+                          "file(s) that failed to decode", stacklevel=2)
+        if not keep:
+            return torch.empty(0, self._channels, self.image_size, self.image_size,
+                               dtype=torch.uint8), self._targets[:0]
+        stacked = torch.stack([images[i] for i in keep])  # type: ignore[misc]
+        return stacked, self._targets[torch.tensor(keep, dtype=torch.long)]
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
