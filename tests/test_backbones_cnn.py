@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from pretrain_builtins.backbones._layers import DropPath, make_divisible
-from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
-from pretrain_builtins.backbones.mobilenet_v3 import MobileNetV3
-from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
-from pretrain_builtins.backbones.resnet_cifar import ResNet_CIFAR
 from safetensors.torch import save_file
 from torch import nn
 
 from pretrain import SpecError
 from pretrain._build import build_from_spec
 from pretrain._schema import component_schema
+from pretrain.testing import parametrize_with_checks
+from pretrain_builtins.backbones._layers import DropPath, make_divisible
+from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
+from pretrain_builtins.backbones.mobilenet_v3 import MobileNetV3
+from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
+from pretrain_builtins.backbones.resnet_cifar import ResNet_CIFAR
 
 
 def n_params(module: nn.Module) -> int:
@@ -31,6 +32,16 @@ def n_params(module: nn.Module) -> int:
 
 def linear_params(in_channels: int, num_classes: int) -> int:
     return in_channels * num_classes + num_classes
+
+
+# ----------------------------------------------------------------------------- conformance kit
+
+
+@parametrize_with_checks(
+    ["ResNet", "ResNetV1c", "ResNetV1d", "ResNet_CIFAR", "MobileNetV2", "MobileNetV3"]
+)
+def test_conformance(check) -> None:
+    check()
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -91,26 +102,31 @@ def test_mobilenet_v3_narrow_archs_match_mmpretrain_model_zoo() -> None:
 # ----------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize(
-    ("backbone", "size", "expected"),
-    [
-        (ResNet(depth=18, out_indices=(0, 1, 2, 3)), 64,
-         [(64, 16), (128, 8), (256, 4), (512, 2)]),
-        (ResNetV1d(depth=50, out_indices=(1, 3)), 64, [(512, 8), (2048, 2)]),
-        (ResNetV1c(depth=34), 64, [(512, 2)]),
-        (ResNet_CIFAR(depth=18, out_indices=(0, 3)), 32, [(64, 32), (512, 4)]),
-        (ResNet(depth=50, style="caffe", out_indices=(2,)), 64, [(1024, 4)]),
-        (MobileNetV2(out_indices=(0, 3, 7)), 64, [(16, 32), (64, 4), (1280, 2)]),
-        (MobileNetV2(widen_factor=0.5, out_indices=(6, 7)), 64, [(160, 2), (1280, 2)]),
-        (MobileNetV2(widen_factor=1.4), 64, [(1792, 2)]),
-        (MobileNetV3(arch="small"), 64, [(576, 2)]),
-        (MobileNetV3(arch="small_050", out_indices=(0, 1, 11)), 64, [(16, 32), (8, 16), (48, 2)]),
-        (MobileNetV3(arch="large", out_indices=(3, 16)), 64, [(24, 16), (960, 2)]),
-    ],
-    ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else None,
-)
-def test_output_shapes(backbone: nn.Module, size: int, expected: list[tuple[int, int]]) -> None:
-    backbone.eval()
+SHAPE_CASES = [
+    (lambda: ResNet(depth=18, out_indices=(0, 1, 2, 3)), 64,
+     [(64, 16), (128, 8), (256, 4), (512, 2)]),
+    (lambda: ResNetV1d(depth=50, out_indices=(1, 3)), 64, [(512, 8), (2048, 2)]),
+    (lambda: ResNetV1c(depth=34), 64, [(512, 2)]),
+    (lambda: ResNet_CIFAR(depth=18, out_indices=(0, 3)), 32, [(64, 32), (512, 4)]),
+    (lambda: ResNet(depth=50, style="caffe", out_indices=(2,)), 64, [(1024, 4)]),
+    (lambda: MobileNetV2(out_indices=(0, 3, 7)), 64, [(16, 32), (64, 4), (1280, 2)]),
+    (lambda: MobileNetV2(widen_factor=0.5, out_indices=(6, 7)), 64, [(160, 2), (1280, 2)]),
+    (lambda: MobileNetV2(widen_factor=1.4), 64, [(1792, 2)]),
+    (lambda: MobileNetV3(arch="small"), 64, [(576, 2)]),
+    (lambda: MobileNetV3(arch="small_050", out_indices=(0, 1, 11)), 64,
+     [(16, 32), (8, 16), (48, 2)]),
+    (lambda: MobileNetV3(arch="large", out_indices=(3, 16)), 64, [(24, 16), (960, 2)]),
+]
+SHAPE_IDS = [
+    "resnet18-all", "resnetv1d50", "resnetv1c34", "resnet_cifar18", "resnet50-caffe",
+    "mobilenet_v2", "mobilenet_v2-0.5", "mobilenet_v2-1.4", "mobilenet_v3-small",
+    "mobilenet_v3-small_050", "mobilenet_v3-large",
+]
+
+
+@pytest.mark.parametrize(("make", "size", "expected"), SHAPE_CASES, ids=SHAPE_IDS)
+def test_output_shapes(make, size: int, expected: list[tuple[int, int]]) -> None:
+    backbone = make().eval()
     with torch.no_grad():
         outs = backbone(torch.randn(2, 3, size, size))
     assert isinstance(outs, tuple)
@@ -245,18 +261,23 @@ def _step(backbone: nn.Module, size: int = 32) -> None:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "frozen", "trainable"),
+    ("make", "frozen", "trainable"),
     [
-        (ResNet(depth=18, frozen_stages=2), ["conv1", "bn1", "layer1", "layer2"], ["layer3", "layer4"]),
-        (ResNetV1c(depth=18, frozen_stages=0), ["stem"], ["layer1", "layer4"]),
-        (MobileNetV2(frozen_stages=3), ["conv1", "layer1", "layer3"], ["layer4", "conv2"]),
-        (MobileNetV3(arch="small", frozen_stages=4), ["layer0", "layer4"], ["layer5", "layer12"]),
+        (lambda: ResNet(depth=18, base_channels=16, frozen_stages=2),
+         ["conv1", "bn1", "layer1", "layer2"], ["layer3", "layer4"]),
+        (lambda: ResNetV1c(depth=18, base_channels=16, frozen_stages=0), ["stem"],
+         ["layer1", "layer4"]),
+        (lambda: MobileNetV2(widen_factor=0.5, frozen_stages=3), ["conv1", "layer1", "layer3"],
+         ["layer4", "conv2"]),
+        (lambda: MobileNetV3(arch="small_050", frozen_stages=4), ["layer0", "layer4"],
+         ["layer5", "layer12"]),
     ],
     ids=["resnet", "resnetv1c-stem", "mobilenet_v2", "mobilenet_v3"],
 )
 def test_frozen_stages_get_no_gradients_and_stay_in_eval(
-    backbone: nn.Module, frozen: list[str], trainable: list[str]
+    make, frozen: list[str], trainable: list[str]
 ) -> None:
+    backbone = make()
     _step(backbone)
     for name in frozen:
         module = getattr(backbone, name)
@@ -270,20 +291,20 @@ def test_frozen_stages_get_no_gradients_and_stay_in_eval(
 
 
 def test_frozen_stem_batchnorm_statistics_do_not_move() -> None:
-    backbone = MobileNetV2(frozen_stages=0)
+    backbone = MobileNetV2(widen_factor=0.5, frozen_stages=0)
     before = backbone.conv1.bn.running_mean.clone()
     _step(backbone)
     assert torch.equal(backbone.conv1.bn.running_mean, before)
 
 
 def test_norm_eval_freezes_running_statistics_only() -> None:
-    backbone = ResNet(depth=18, norm_eval=True)
+    backbone = ResNet(depth=18, base_channels=16, norm_eval=True)
     before = backbone.layer3[0].bn1.running_mean.clone()
     _step(backbone)
     assert torch.equal(backbone.layer3[0].bn1.running_mean, before)
     assert backbone.layer3[0].bn1.weight.grad is not None
     assert backbone.training  # the module itself is in train mode
-    plain = ResNet(depth=18)
+    plain = ResNet(depth=18, base_channels=16)
     before = plain.layer3[0].bn1.running_mean.clone()
     _step(plain)
     assert not torch.equal(plain.layer3[0].bn1.running_mean, before)
@@ -295,7 +316,7 @@ def test_norm_eval_freezes_running_statistics_only() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda cp: ResNet(depth=18, with_cp=cp),
+        lambda cp: ResNet(depth=18, base_channels=16, with_cp=cp),
         lambda cp: ResNet(depth=50, stem_channels=16, base_channels=16, num_stages=2,
                           strides=(1, 2), dilations=(1, 1), out_indices=(1,), with_cp=cp),
         lambda cp: MobileNetV2(widen_factor=0.5, with_cp=cp),
@@ -303,7 +324,17 @@ def test_norm_eval_freezes_running_statistics_only() -> None:
     ],
     ids=["resnet18", "resnet50-2stages", "mobilenet_v2", "mobilenet_v3"],
 )
-def test_with_cp_gives_same_outputs_and_gradients(make) -> None:
+def test_with_cp_gives_same_outputs_and_gradients(make, monkeypatch) -> None:
+    import torch.utils.checkpoint as cp
+
+    calls = []
+    real = cp.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cp, "checkpoint", counting)
     torch.manual_seed(0)
     plain = make(False).eval()
     ckpt = make(True).eval()
@@ -315,6 +346,7 @@ def test_with_cp_gives_same_outputs_and_gradients(make) -> None:
         out = model(inp)[-1]
         out.square().mean().backward()
         grads.append((out.detach(), inp.grad, next(model.parameters()).grad))
+    assert calls  # the checkpointed path really ran
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(a, b)
 

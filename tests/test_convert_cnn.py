@@ -12,6 +12,11 @@ from collections.abc import Callable
 import pytest
 import torch
 import torchvision
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pretrain._errors import PretrainError
+from pretrain.cli._convert import convert_file, family_of, load_state_dict
 from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
 from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
 from pretrain_builtins.converters import WeightConversionError
@@ -19,11 +24,6 @@ from pretrain_builtins.converters import mobilenet as mobilenet_converter
 from pretrain_builtins.converters import resnet as resnet_converter
 from pretrain_builtins.heads.cls_head import LinearClsHead
 from pretrain_builtins.necks.gap import GlobalAveragePooling
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-from pretrain._errors import PretrainError
-from pretrain.cli._convert import convert_file, family_of, load_state_dict
 
 timm = pytest.importorskip("timm")
 
@@ -104,13 +104,16 @@ def test_logit_parity_after_conversion(
     assert_parity(reference, converted, Classifier(backbone))
 
 
-def test_logit_parity_with_the_image_classifier() -> None:
+def test_converted_file_loads_through_a_pretrained_init_rule(tmp_path) -> None:
+    """The user path: convert-weights, then a spec whose model has a Pretrained rule."""
     pytest.importorskip("pretrain_builtins.models.classifier")
     import pretrain
 
     torch.manual_seed(0)
     reference = randomise_batchnorm(torchvision.models.resnet18())
-    converted = resnet_converter.convert(reference.state_dict(), source="torchvision", arch="resnet18")
+    src, dst = tmp_path / "resnet18.pth", tmp_path / "resnet18.safetensors"
+    torch.save(reference.state_dict(), src)
+    convert_file(src, dst, source="torchvision", arch="resnet18")
     model = pretrain.build_model({
         "model": {
             "type": "ImageClassifier",
@@ -119,9 +122,13 @@ def test_logit_parity_with_the_image_classifier() -> None:
             "backbone": {"type": "ResNet", "depth": 18},
             "neck": {"type": "GlobalAveragePooling"},
             "head": {"type": "LinearClsHead", "num_classes": 1000, "in_channels": 512},
+            "init": [{"type": "Pretrained", "checkpoint": str(dst)}],
         }
-    })
-    assert_parity(reference, converted, model)
+    }).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        # zero_init_residual must not have zeroed the loaded last-BN weights.
+        assert (model(x) - reference(x)).abs().max().item() <= TOLERANCE
 
 
 def test_converters_pass_tensors_through_without_copying() -> None:

@@ -16,6 +16,23 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
+from torch import Tensor
+
+from pretrain._build import build_from_spec
+from pretrain._errors import PretrainError
+from pretrain._validate import ValidationContext
+from pretrain.engine.data import (
+    BaseDataset,
+    DataOptions,
+    DataSection,
+    DatasetSpec,
+    Pipeline,
+    build_loaders,
+    json_schema,
+    mix_seed,
+    to_channels,
+    validate_data_section,
+)
 from pretrain_builtins.datasets.cifar import CIFAR10, CIFAR100, load_numpy_pickle
 from pretrain_builtins.datasets.digits import DIGITS_FILE, Digits, digits_split
 from pretrain_builtins.datasets.image_folder import ImageFolder
@@ -33,22 +50,6 @@ from pretrain_builtins.transforms.photometric import (
     RandomErasing,
     RandomGrayscale,
     Solarize,
-)
-from torch import Tensor
-
-from pretrain._build import build_from_spec
-from pretrain._errors import PretrainError
-from pretrain._validate import ValidationContext
-from pretrain.engine.data import (
-    BaseDataset,
-    DataOptions,
-    DataSection,
-    DatasetSpec,
-    Pipeline,
-    build_loaders,
-    mix_seed,
-    to_channels,
-    validate_data_section,
 )
 
 CPU = torch.device("cpu")
@@ -574,6 +575,21 @@ def test_validate_data_section_reports_every_problem_with_its_path() -> None:
     ctx = ValidationContext()
     assert validate_data_section({"batch_size": 4}, ctx) is None
     assert "no dataset" in str(ctx.issues[0])
+
+
+def test_data_json_schema_accepts_specs_and_rejects_typos() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from pretrain._jsonschema import spec_json_schema
+
+    data = json_schema()
+    root = {**data, "$defs": {**spec_json_schema()["$defs"], **data.pop("$defs")}}
+    jsonschema.validate({"batch_size": 8, "train": {
+        "type": "Digits", "pipeline": [{"type": "RandomCrop", "size": 32, "padding": 2}]}}, root)
+    for bad in ({"train": {"type": "Digits", "splt": "val"}},
+                {"val": {"type": "Digits", "pipeline": [{"type": "RandomCrop"}]}},
+                {"batch_size": 0}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, root)
 
 
 def test_mix_seed_is_stable() -> None:

@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import pretrain
+from pretrain import PretrainError, SpecError
+from pretrain._build import build_from_spec
+from pretrain.selfsup import BaseSelfSupervisor
 from pretrain_builtins.backbones.mae_vit import (
     MAEViT,
     build_2d_sincos_position_embedding,
@@ -19,13 +26,6 @@ from pretrain_builtins.heads.mae_head import patchify, unpatchify
 from pretrain_builtins.losses.reconstruction import PixelReconstructionLoss
 from pretrain_builtins.models.mae import MAE
 from pretrain_builtins.target_generators.hog import HOGGenerator
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
-
-import pretrain
-from pretrain import PretrainError, SpecError
-from pretrain._build import build_from_spec
-from pretrain.selfsup import BaseSelfSupervisor
 
 ENC = {"embed_dims": 32, "num_layers": 2, "num_heads": 2, "feedforward_channels": 64}
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 import torch
-from pretrain_builtins.backbones.vision_transformer import VisionTransformer
-from pretrain_builtins.converters import WeightConversionError
-from pretrain_builtins.converters.vit import backbone_spec, convert
-from pretrain_builtins.heads.vit_head import VisionTransformerClsHead
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pretrain import SpecError
 from pretrain._build import build_from_spec
+from pretrain_builtins.backbones.vision_transformer import VisionTransformer
+from pretrain_builtins.converters import WeightConversionError
+from pretrain_builtins.converters.vit import backbone_spec, convert
+from pretrain_builtins.heads.vit_head import VisionTransformerClsHead
 
 SPECS = Path(__file__).resolve().parents[1] / "examples" / "specs"
 
@@ -381,9 +381,7 @@ def test_timm_vit_tiny_parity() -> None:
     src = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=7)
     randomise(src)
     dst = Classifier(
-        build_from_spec(
-            "backbone", {**backbone_spec("vit_tiny_patch16_224", "timm"), "img_size": 32}
-        ),
+        build_from_spec("backbone", {**(backbone_spec("vit_tiny_patch16_224", "timm") or {}), "img_size": 32}),
         VisionTransformerClsHead(num_classes=7, in_channels=192),
     )
     dst.load_state_dict(convert(src.state_dict(), source="timm", arch="vit_tiny_patch16_224"))
@@ -431,6 +429,7 @@ def test_backbone_spec_names() -> None:
     }
     assert backbone_spec("vit_small_patch16_384.augreg_in21k", "timm")["arch"] == "deit-small"
     assert backbone_spec("deit_tiny_patch16_224", "timm")["arch"] == "deit-tiny"
+    assert backbone_spec("vit", "timm") is None
 
 
 # ----------------------------------------------------------------------------- example specs
@@ -472,3 +471,32 @@ def test_converted_file_loads_with_pretrained_rule_into_spec_model(tmp_path: Pat
     normalised = (images.float() - model.mean) / model.std  # torchvision takes normalised input
     with torch.no_grad():
         assert (model(images) - src(normalised)).abs().max().item() <= 1e-4
+
+
+def test_convert_weights_command_timm_vit_tiny(tmp_path: Path) -> None:
+    """`pretrain convert-weights` on a timm checkpoint, loaded by a spec's Pretrained rule."""
+    timm = pytest.importorskip("timm")
+    import pretrain
+    from pretrain.cli._convert import convert_file
+
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10).eval()
+    randomise(src)
+    torch.save(src.state_dict(), tmp_path / "src.pth")
+    dst = tmp_path / "vit_tiny.safetensors"
+    summary = convert_file(tmp_path / "src.pth", dst, source="timm", arch="vit_tiny_patch16_224")
+    assert summary["family"] == "vit" and summary["backbone"]["arch"] == "deit-tiny"
+    spec = {
+        "model": {
+            "type": "ImageClassifier",
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "init": [{"type": "Pretrained", "checkpoint": str(dst)}],
+            "backbone": summary["backbone"],
+            "head": {"type": "VisionTransformerClsHead", "num_classes": 10, "in_channels": 192},
+        }
+    }
+    model = pretrain.build_model(spec).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (model(x) - src(x)).abs().max().item() <= 1e-4

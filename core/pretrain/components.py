@@ -20,22 +20,26 @@ from typing import Annotated, Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from pretrain._kinds import ComponentRef
+from pretrain.engine.data_contracts import BaseDataset, BaseTransform, TransformRef
 
 __all__ = [
     "BackboneRef",
     "BaseBackbone",
     "BaseBatchAugment",
+    "BaseDataset",
     "BaseHead",
     "BaseLoss",
     "BaseModel",
     "BaseNeck",
     "BaseTargetGenerator",
+    "BaseTransform",
     "BatchAugmentRef",
     "HeadRef",
     "LossRef",
     "NeckRef",
     "TargetGeneratorRef",
     "TargetKind",
+    "TransformRef",
     "build_component",
 ]
 

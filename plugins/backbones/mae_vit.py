@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
-from pretrain_builtins.backbones.vision_transformer import InterpolateMode, OutType, VisionTransformer
 from pydantic import Field
 from torch import Tensor, nn
+
+from pretrain_builtins.backbones.vision_transformer import InterpolateMode, OutType, VisionTransformer
 
 __all__ = ["MAEViT", "build_2d_sincos_position_embedding", "num_kept_patches"]
 

@@ -20,6 +20,10 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch.utils.checkpoint as cp
+from pydantic import Field
+from torch import Tensor, nn
+
+from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ConvBNAct,
     first_issue_error,
@@ -28,10 +32,6 @@ from pretrain_builtins.backbones._layers import (
     make_divisible,
     set_norm_eval,
 )
-from pydantic import Field
-from torch import Tensor, nn
-
-from pretrain.components import BaseBackbone
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
 
@@ -113,6 +113,9 @@ class MobileNetV2(BaseBackbone):
         {"type": "Kaiming", "layer": ["Conv2d"]},
         {"type": "Constant", "val": 1, "layer": ["_BatchNorm", "GroupNorm"]},
     ]
+
+    #: A small instance for ``pretrain.testing``.
+    example_config: ClassVar[dict[str, Any]] = {"widen_factor": 0.25, "out_indices": [2, 7]}
 
     #: Per stage: expand_ratio, channels, num_blocks, stride of the first block.
     arch_settings: ClassVar[tuple[tuple[int, int, int, int], ...]] = (

@@ -20,6 +20,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ActName,
     ConvBNAct,
@@ -29,9 +32,6 @@ from pretrain_builtins.backbones._layers import (
     index_issues,
     set_norm_eval,
 )
-from torch import Tensor, nn
-
-from pretrain.components import BaseBackbone
 
 __all__ = ["MobileNetV3", "MobileNetV3Arch", "MobileNetV3InvertedResidual"]
 
@@ -118,6 +118,9 @@ class MobileNetV3(BaseBackbone):
         {"type": "Kaiming", "layer": ["Conv2d"], "nonlinearity": "leaky_relu"},
         {"type": "Constant", "layer": ["BatchNorm2d"], "val": 1},
     ]
+
+    #: A small instance for ``pretrain.testing``.
+    example_config: ClassVar[dict[str, Any]] = {"arch": "small_050", "out_indices": [3, 12]}
 
     #: Per bneck: kernel size, mid channels, out channels, with_se, activation, stride.
     arch_settings: ClassVar[dict[str, tuple[tuple[int, int, int, bool, ActName, int], ...]]] = {

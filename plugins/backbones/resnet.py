@@ -23,6 +23,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch.utils.checkpoint as cp
+from pydantic import Field
+from torch import Tensor, nn
+
+from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ConvBNAct,
     DropPath,
@@ -32,10 +36,6 @@ from pretrain_builtins.backbones._layers import (
     inherit_args_doc,
     set_norm_eval,
 )
-from pydantic import Field
-from torch import Tensor, nn
-
-from pretrain.components import BaseBackbone
 
 __all__ = ["BasicBlock", "Bottleneck", "ResLayer", "ResNet", "ResNetV1c", "ResNetV1d"]
 
@@ -308,6 +308,11 @@ class ResNet(BaseBackbone):
         50: (Bottleneck, (3, 4, 6, 3)),
         101: (Bottleneck, (3, 4, 23, 3)),
         152: (Bottleneck, (3, 8, 36, 3)),
+    }
+
+    #: A small instance for ``pretrain.testing`` (inherited by the variants).
+    example_config: ClassVar[dict[str, Any]] = {
+        "depth": 18, "stem_channels": 8, "base_channels": 8, "out_indices": [1, 3],
     }
 
     #: Fields a variant pins (ResNetV1c/V1d/ResNet_CIFAR); checked by ``spec_issues``.

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
+from torch import Tensor, nn
+
 from pretrain_builtins.backbones._layers import inherit_args_doc
 from pretrain_builtins.backbones.resnet import ResNet
-from torch import Tensor, nn
 
 __all__ = ["ResNet_CIFAR"]
 

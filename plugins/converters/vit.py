@@ -127,11 +127,14 @@ def parse_arch(arch: str, source: str) -> tuple[str, int, int] | None:
     raise unsupported("vit", source, arch, _SUPPORTED)
 
 
-def backbone_spec(arch: str, source: Source) -> dict[str, Any]:
-    """The backbone table whose keys the converted weights fill (for the CLI summary)."""
+def backbone_spec(arch: str, source: Source) -> dict[str, Any] | None:
+    """The backbone table whose keys the converted weights fill (for the CLI summary).
+
+    ``None`` for the generic ``vit``: its size (heads in particular) is not in the name.
+    """
     parsed = parse_arch(arch, source)
     if parsed is None:
-        return {"type": "VisionTransformer"}
+        return None
     preset, patch, size = parsed
     return {"type": "VisionTransformer", "arch": preset, "patch_size": patch, "img_size": size}
 

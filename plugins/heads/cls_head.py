@@ -18,12 +18,12 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar
 
-from pretrain_builtins.heads._common import classification_loss, normalise_topk
-from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseHead, LossRef, build_component
+from pretrain_builtins.heads._common import classification_loss, normalise_topk
+from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
 
 __all__ = ["ClsHead", "LinearBlock", "LinearClsHead", "StackedLinearClsHead"]
 

@@ -15,12 +15,12 @@ import math
 from collections import OrderedDict
 from typing import Annotated, Any, ClassVar
 
-from pretrain_builtins.heads.cls_head import ClsHead
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain._errors import PretrainError
 from pretrain.components import LossRef
+from pretrain_builtins.heads.cls_head import ClsHead
 
 __all__ = ["VisionTransformerClsHead"]
 

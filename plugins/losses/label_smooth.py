@@ -23,12 +23,12 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss, as_dense_target
 from pydantic import Field
 from torch import Tensor
 
 from pretrain.components import BaseLoss, TargetKind
 from pretrain.losses import Reduction, resolve_reduction
+from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss, as_dense_target
 
 __all__ = ["LabelSmoothLoss"]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
-from pretrain_builtins.necks.gap import GlobalAveragePooling
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
+from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
+from pretrain_builtins.necks.gap import GlobalAveragePooling
 
 __all__ = ["LinearNeck"]
 

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar
 
 import torch
-from pretrain_builtins.backbones.mae_vit import build_2d_sincos_position_embedding
-from pretrain_builtins.backbones.vision_transformer import LN_EPS, TransformerEncoderLayer
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
+from pretrain_builtins.backbones._transformer import LN_EPS, TransformerEncoderLayer
+from pretrain_builtins.backbones.mae_vit import build_2d_sincos_position_embedding
 
 __all__ = ["MAEPretrainDecoder"]
 

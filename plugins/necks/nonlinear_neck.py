@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pretrain_builtins.necks._common import NormName, apply_norm, build_norm1d
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
+from pretrain_builtins.necks._common import NormName, apply_norm, build_norm1d
 
 __all__ = ["NonLinearNeck"]
 

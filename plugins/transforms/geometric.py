@@ -35,14 +35,15 @@ _INTERPOLATION = {
 
 def _gather_crops(images: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
     """Crop a different (top, left) window of the same size out of every image."""
-    n = images.shape[0]
+    n, c, h_in, w_in = images.shape
     device = images.device
-    rows = top.to(device)[:, None] + torch.arange(height, device=device)  # (N, h)
-    cols = left.to(device)[:, None] + torch.arange(width, device=device)  # (N, w)
-    batch = torch.arange(n, device=device)[:, None, None]
-    # Advanced indices around a slice put their dims first: (N, h, w, C).
-    out = images[batch, :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()  # (N, C, h, w)
+    # Flat pixel index of each window's top-left corner plus the window's offsets.
+    corner = top.to(device)[:, None] * w_in + left.to(device)[:, None]  # (N, 1)
+    rows = torch.arange(height, device=device)[:, None] * w_in
+    window = (rows + torch.arange(width, device=device)[None]).reshape(1, -1)  # (1, h*w)
+    index = (corner + window)[:, None, :].expand(n, c, height * width)
+    out = images.reshape(n, c, h_in * w_in).gather(2, index)  # (N, C, h*w)
+    return out.reshape(n, c, height, width)
 
 
 def _offsets(n: int, span: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -144,6 +145,11 @@ class RandomCrop(BaseTransform):
         return []
 
     def _pad(self, images: Tensor, padding: list[int]) -> Tensor:
+        if self.padding_mode == "constant":  # torch's kernel: much faster than v2's on uint8
+            # torchvision order: [all], [left/right, top/bottom] or [left, top, right, bottom].
+            left, top, right, bottom = (padding * 4 if len(padding) == 1 else padding * 2)[:4] \
+                if len(padding) < 4 else padding
+            return torch.nn.functional.pad(images, (left, right, top, bottom), value=self.fill)
         return F.pad(images, padding, fill=self.fill, padding_mode=self.padding_mode)
 
     @as_batch

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import random
 import struct
@@ -245,7 +244,7 @@ def capture_rng() -> dict[str, torch.Tensor]:
     version, internal, gauss_next = random.getstate()
     out["python"] = torch.tensor(internal, dtype=torch.int64)
     out["python_extra"] = torch.tensor(
-        [float(version), float("nan") if gauss_next is None else gauss_next], dtype=torch.float64
+        [float(version), float(gauss_next is not None), gauss_next or 0.0], dtype=torch.float64
     )
     return out
 
@@ -261,9 +260,9 @@ def restore_rng(state: Mapping[str, torch.Tensor]) -> None:
         keys = state["numpy"].numpy().astype(np.uint32)
         np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), gauss))
     if "python" in state:
-        version, gauss_next = state["python_extra"].tolist()
+        version, has_gauss, gauss_next = state["python_extra"].tolist()
         internal = tuple(int(v) for v in state["python"].tolist())
-        random.setstate((int(version), internal, None if math.isnan(gauss_next) else gauss_next))
+        random.setstate((int(version), internal, gauss_next if has_gauss else None))
 
 
 # --------------------------------------------------------------------------- optimizer state

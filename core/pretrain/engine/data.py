@@ -119,6 +119,8 @@ class DataOptions(BaseModel):
 
 
 _SPLITS = ("train", "val")
+#: Seed of evaluation-time augmentation (independent of the run's seed).
+_EVAL_SEED = 0
 _SPLIT_KEYS = ("type", "pipeline")
 
 
@@ -200,17 +202,38 @@ def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the ``[data]`` table (dataset/transform tables refer to ``$defs``)."""
-    schema = DataOptions.model_json_schema()
-    split = {
-        "type": "object",
-        "description": "A dataset table (its `type` and fields) plus an optional `pipeline`.",
-        "allOf": [{"$ref": "#/$defs/dataset"}],
-        "properties": {
-            "pipeline": {"type": "array", "items": {"$ref": "#/$defs/transform"},
-                         "description": "Transforms applied in order to every sample."},
-        },
-        "required": ["type"],
+    """JSON Schema of the ``[data]`` table for ``pretrain schema``.
+
+    ``train``/``val`` are a ``oneOf`` over the installed datasets, each extended with
+    ``pipeline`` (items refer to ``#/$defs/transform``, which the spec schema defines).
+    Broken dataset plugins are left out.
+    """
+    from pretrain._errors import PluginLoadError
+    from pretrain._registry import get_registry
+    from pretrain._schema import component_schema
+
+    schema = DataOptions.model_json_schema(ref_template="#/$defs/{model}")
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    pipeline = {"type": "array", "items": {"$ref": "#/$defs/transform"},
+                "description": "Transforms applied in order to every image."}
+    registry = get_registry()
+    variants, mapping = [], {}
+    for record in registry.entries("dataset"):
+        try:
+            cls = registry.load(record)
+        except PluginLoadError:
+            continue
+        variant = component_schema(cls, "dataset", record.name).json_schema(record.qualified_name)
+        defs.update(variant.pop("$defs", {}))
+        variant["properties"]["pipeline"] = pipeline
+        name = f"data_{record.qualified_name.replace(':', '__')}"
+        defs[name] = variant
+        variants.append({"$ref": f"#/$defs/{name}"})
+        mapping[record.name] = f"#/$defs/{name}"
+    split: dict[str, Any] = {
+        "description": "A dataset table (`type` and its fields) plus an optional `pipeline`.",
+        "oneOf": variants or [{"not": {}}],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
     }
     schema["properties"].update({"train": split, "val": split})
     schema["title"] = "data"
@@ -404,13 +427,17 @@ class TrainLoader:
 
 
 class EvalLoader:
-    """Evaluation batches of one rank: every ``world_size``-th sample, in order, no padding."""
+    """Evaluation batches of one rank: every ``world_size``-th sample, in order, no padding.
+
+    A (rarely wanted) random val pipeline draws from a fixed seed, not the run's, so
+    ``pretrain eval`` reproduces the training-time metric whatever ``--seed`` was.
+    """
 
     def __init__(
         self, source: _MemorySource | _LoaderSource, *, size: int, batch_size: int,
-        seed: int, rank: int, world_size: int,
+        rank: int, world_size: int,
     ) -> None:
-        self._source, self.batch_size, self.seed, self.rank = source, batch_size, seed, rank
+        self._source, self.batch_size, self.rank = source, batch_size, rank
         self._order = torch.arange(size)[rank::world_size]
         #: Real samples of this rank (sum over ranks = ``total_samples``).
         self.num_samples = len(self._order)
@@ -423,7 +450,7 @@ class EvalLoader:
         batches = _split_batches(self._order, self.batch_size, False)
         if isinstance(self._source, _MemorySource):
             for b, batch in enumerate(batches):
-                yield self._source.batch(batch, (self.seed, -1, b, self.rank))
+                yield self._source.batch(batch, (_EVAL_SEED, -1, b, self.rank))
         else:
             yield from self._source.run(batches, -1)
 
@@ -550,7 +577,7 @@ def build_loaders(
         distributed: Whether this process is one of ``world_size`` DDP ranks.
         rank: This process's rank (0 when not distributed).
         world_size: Number of processes (1 when not distributed).
-        seed: Seed of the sample order and of augmentation.
+        seed: Seed of the training order and augmentation (evaluation uses a fixed one).
         num_classes: Classes the model predicts; a dataset with another count is an
             error. None skips the check (self-supervised models).
         in_channels: Channels the model takes; images are converted to it
@@ -587,10 +614,10 @@ def build_loaders(
                         f"per process with drop_last", "Lower batch_size or set drop_last = false.")
     if section.val is not None and "val" in splits:
         source, size, val_classes, channels, memory["val"] = _prepare(
-            section.val, options, device=device, seed=seed, num_classes=num_classes,
+            section.val, options, device=device, seed=_EVAL_SEED, num_classes=num_classes,
             in_channels=in_channels, classes=classes,
         )
         classes = classes or val_classes
         val = EvalLoader(source, size=size, batch_size=options.val_batch_size or options.batch_size,
-                         seed=seed, rank=rank, world_size=world_size)
+                         rank=rank, world_size=world_size)
     return Loaders(train, val, classes or (), channels, memory)

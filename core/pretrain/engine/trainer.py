@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import Tensor, nn
@@ -235,7 +237,10 @@ class Trainer:
             self._load_checkpoint()
         else:
             # Different dropout/drop-path draws per rank; data randomness is seeded by data.py.
+            # numpy/random are seeded too, for components that draw from them.
             torch.manual_seed(seed + d.rank)
+            np.random.seed((seed + d.rank) % 2**32)
+            random.seed(seed + d.rank)
         self.hooks = get_plugin_manager().hook
         # Read losses back every step where that is free (CPU) or a hook needs each value.
         wants_steps = bool(self.hooks.pretrain_after_step.get_hookimpls())
@@ -522,7 +527,7 @@ class Trainer:
             _load_state_dict(self.ema.module, ema_state or part("model."), path)
             self.ema.updates = int(doc.get("ema_updates", 0))
         self.optimizer.load_state_dict(
-            ckpt.unflatten_optimizer(part("optim."), doc["optimizer"], self.optimizer.state_dict())
+            ckpt.unflatten_optimizer(tensors, doc["optimizer"], self.optimizer.state_dict())
         )
         # Hyper-parameters come from the spec (lr, momentum...), not from the checkpoint.
         if self.scaler.is_enabled() and doc.get("scaler"):
