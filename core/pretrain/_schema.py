@@ -370,10 +370,20 @@ def literal_values(annotation: Any) -> list[Any]:
 def describe_type(annotation: Any) -> str:
     """Short human-readable form of a type annotation for ``describe`` tables."""
     tp, _ = _strip_annotated(annotation)
-    text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
-    if text is None:
-        text = repr(tp).replace("typing.", "").replace("collections.abc.", "")
-    return re.sub(r"Annotated\[([^,\]]+),[^\]]*\]", r"\1", text)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(describe_type(a) for a in args)
+    if tp is type(None):
+        return "None"
+    if origin is not None:
+        name = getattr(origin, "__name__", repr(origin))
+        inner = ", ".join("..." if a is Ellipsis else describe_type(a) for a in args)
+        return f"{name}[{inner}]" if args else name
+    if isinstance(tp, type):
+        return tp.__name__
+    return repr(tp).replace("typing.", "").replace("collections.abc.", "")
 
 
 def field_info(schema: ComponentSchema, name: str) -> FieldInfo | None:

@@ -57,9 +57,10 @@ def _input_size(spec: ValidatedSpec, override: Sequence[int] | None) -> tuple[in
     else:
         data = spec.raw.get("data")
         size_value = data.get("image_size") if isinstance(data, Mapping) else None
-        if size_value is None:
-            backbone = spec.model.child("backbone")
-            size_value = backbone.params.get("img_size") if backbone else None
+        backbone = spec.model.child("backbone")
+        if size_value is None and backbone is not None:
+            # A backbone's own `img_size` field, else its class's typical input size.
+            size_value = backbone.params.get("img_size") or getattr(backbone.cls, "default_input_size", None)
         if size_value is None:
             size_value = 224
         size = [size_value] if isinstance(size_value, int) else list(size_value)

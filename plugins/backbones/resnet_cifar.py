@@ -31,6 +31,8 @@ class ResNet_CIFAR(ResNet):
     """
 
     fixed_fields: ClassVar[dict[str, Any]] = {"deep_stem": False}
+    #: Input size `pretrain validate` checks with when the spec has no `data.image_size`.
+    default_input_size: ClassVar[int] = 32
 
     @classmethod
     def spec_issues(cls, params: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
