@@ -191,3 +191,203 @@ def test_accuracy_meter_topk_and_per_class() -> None:
     assert [r["count"] for r in out["per_class"]] == [1, 1, 2]
     with pytest.raises(PretrainError, match="top-5"):
         AccuracyMeter((1, 5), 3, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- whole runs
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from _engine_specs import TINY_VIT, digits_data, tiny_spec, write_spec  # noqa: E402
+from pretrain import hookimpl  # noqa: E402
+from pretrain._plugins import get_plugin_manager  # noqa: E402
+from pretrain._validate import validate_spec  # noqa: E402
+from pretrain.engine import checkpoint as ckpt  # noqa: E402
+from pretrain.engine.trainer import NonFiniteLossError, Trainer  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pretrain.cli", *args], capture_output=True,
+                          text=True, env=ENV, cwd=cwd, timeout=300, check=False)
+
+
+def _fit(spec: dict[str, Any], run_dir: Path, **kw: Any) -> tuple[Trainer, dict[str, Any]]:
+    trainer = Trainer(validate_spec(spec), run_dir, live=False, **kw)
+    return trainer, trainer.fit()
+
+
+class _Recorder:
+    """A hook plugin that records what the trainer reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    @hookimpl
+    def pretrain_train_start(self, trainer: Any) -> None:
+        self.events.append(("start", trainer.state.step))
+
+    @hookimpl
+    def pretrain_after_step(self, step: int, loss: float) -> None:
+        self.events.append(("step", (step, loss)))
+
+    @hookimpl
+    def pretrain_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.events.append(("epoch", (epoch, dict(metrics))))
+
+    @hookimpl
+    def pretrain_train_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        self.events.append(("end", (trainer.state.step, dict(metrics))))
+
+
+def test_hooks_are_called_at_their_points(tmp_path: Path) -> None:
+    recorder = _Recorder()
+    pm = get_plugin_manager()
+    pm.register(recorder, name="test-recorder")
+    try:
+        _fit(tiny_spec(TINY_VIT, epochs=2, max_steps=14, data=digits_data(batch_size=64)),
+             tmp_path / "run")
+    finally:
+        pm.unregister(recorder)
+    kinds = [k for k, _ in recorder.events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    steps = [v for k, v in recorder.events if k == "step"]
+    assert [s for s, _ in steps] == list(range(1, 15))  # 23 steps/epoch, stopped at 14
+    assert all(math.isfinite(loss) for _, loss in steps)
+    epochs = [v for k, v in recorder.events if k == "epoch"]
+    assert [e for e, _ in epochs] == [1]  # max_steps ends the run inside epoch 1
+    assert "accuracy/top1" in epochs[0][1] and epochs[0][1]["step"] == 14
+    assert recorder.events[-1][1][0] == 14
+    assert not pm.is_registered(recorder)
+
+
+def test_run_dir_contents_and_eval_weights(tmp_path: Path) -> None:
+    trainer, record = _fit(
+        tiny_spec(epochs=2, channels_last=True, ema={"decay": 0.5},
+                  schedule={"type": "multistep", "milestones": [1]},
+                  paramwise={"norm_decay_mult": 0.0}, data=digits_data(batch_size=64)),
+        tmp_path / "run")
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for r in lines:
+        assert {"epoch", "train_loss", "lr", "accuracy/top1", "accuracy/top5"} <= r.keys()
+        assert 0.0 <= r["accuracy/top1"] <= r["accuracy/top5"] <= 100.0
+    assert lines[1]["lr"] == pytest.approx(0.05 * 0.1)  # multistep decay after epoch 1
+    assert record == lines[-1]
+    assert (run / "spec.toml").read_text().count("[model.backbone]") == 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = ckpt.read_metadata(run / "checkpoints" / "last.safetensors")
+    assert meta["weights"] == "ema" and meta["epoch"] == "2"
+    weights, _ = ckpt.load_tensors(run / "checkpoints" / "last.safetensors")
+    ema = trainer.ema
+    assert ema is not None
+    assert all(torch.equal(weights[k], v) for k, v in ema.state_dict().items())
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    spec = tiny_spec(TINY_VIT, epochs=1, data=digits_data(batch_size=64))
+    _fit(spec, run)
+    kept = (run / "checkpoints" / "last.state.safetensors").read_bytes()
+    # Continue for another epoch with an absurd learning rate: the loss overflows.
+    spec["train"].update(epochs=2, optimizer={"type": "SGD", "lr": 1e30})
+    with pytest.raises(NonFiniteLossError) as info:
+        _fit(spec, run, resume=True)
+    message = str(info.value)
+    assert "at step 2" in message  # 23 steps in epoch 1; step 24 explodes the weights
+    assert "epoch 2" in message and "last good checkpoint" in message
+    assert (run / "checkpoints" / "last.state.safetensors").read_bytes() == kept
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_non_finite_loss_exits_1_from_the_cli(tmp_path: Path) -> None:
+    spec = tiny_spec(TINY_VIT, epochs=1, data=digits_data(batch_size=64))
+    spec["model"]["head"]["loss"] = {"type": "CrossEntropyLoss", "loss_weight": float("inf")}
+    proc = _cli("train", str(write_spec(tmp_path / "s.toml", spec)), "--run-dir",
+                str(tmp_path / "run"), "--plain")
+    assert proc.returncode == 1
+    assert "the loss became inf at step 1 " in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists()
+
+
+def test_grad_accumulation_equals_the_large_batch(tmp_path: Path) -> None:
+    def weights(batch: int, accum: int, name: str) -> dict[str, torch.Tensor]:
+        data = digits_data(batch_size=batch, augment=False)
+        trainer, _ = _fit(tiny_spec(TINY_VIT, data=data, max_steps=6, grad_accum=accum,
+                                    optimizer={"type": "SGD", "lr": 0.1, "momentum": 0.9}),
+                          tmp_path / name)
+        return trainer.model.state_dict()
+
+    big, small = weights(32, 1, "big"), weights(16, 2, "small")
+    for k in big:
+        torch.testing.assert_close(big[k], small[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tmp_path: Path, precision: str) -> None:
+    trainer, record = _fit(tiny_spec(precision=precision, max_steps=4, grad_clip=1.0,
+                                     data=digits_data(batch_size=64)), tmp_path / "run")
+    assert math.isfinite(record["train_loss"])
+    assert trainer.scaler.is_enabled() == (precision == "fp16")
+    state = ckpt.read_metadata_json(tmp_path / "run" / "checkpoints" / "last.state.safetensors")
+    assert ("scale" in state["scaler"]) == (precision == "fp16")
+
+
+def test_eval_cli_scores_the_saved_weights_like_training(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.toml", tiny_spec(
+        epochs=2, channels_last=True, ema={"decay": 0.8}, data=digits_data(batch_size=64)))
+    train = _cli("train", str(spec), "--plain", cwd=tmp_path)  # default run dir: runs/s
+    assert train.returncode == 0, train.stderr[-2000:]
+    run = tmp_path / "runs" / "s"
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    best_epoch = json.loads((run / "checkpoints" / "last.json").read_text())["best_epoch"]
+    best = json.loads((run / "metrics.jsonl").read_text().splitlines()[best_epoch - 1])
+    for weights, expected in (("last.safetensors", last), ("best.safetensors", best)):
+        proc = _cli("eval", str(spec), "--weights", str(run / "checkpoints" / weights), "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        metrics = json.loads(proc.stdout)
+        assert metrics["accuracy/top1"] == expected["accuracy/top1"]
+        assert metrics["accuracy/top5"] == expected["accuracy/top5"]
+        assert metrics["num_samples"] == 359
+        assert [r["class"] for r in metrics["per_class"]] == [str(d) for d in range(10)]
+    table = _cli("eval", str(spec), "--weights", str(run))  # a run dir means its best weights
+    assert table.returncode == 0 and "per-class accuracy" in table.stdout
+    assert f"accuracy/top1 {best['accuracy/top1']:.2f}" in table.stdout
+
+
+def test_bad_data_is_a_clear_error_before_training(tmp_path: Path) -> None:
+    spec = tiny_spec(epochs=1)
+    spec["data"]["train"] = {"type": "ImageFolder", "root": str(tmp_path / "nowhere")}
+    proc = _cli("train", str(write_spec(tmp_path / "s.toml", spec)), "--run-dir",
+                str(tmp_path / "run"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "nowhere" in proc.stderr and "data.train" in proc.stderr
+    wrong = tiny_spec(epochs=1)
+    wrong["model"]["head"]["num_classes"] = 7
+    with pytest.raises(PretrainError, match="10 classes but the model predicts num_classes = 7"):
+        _fit(wrong, tmp_path / "run2")
+    assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+def test_corrupt_checkpoint_on_resume_is_a_clear_error(tmp_path: Path) -> None:
+    spec = tiny_spec(TINY_VIT, max_steps=2, data=digits_data(batch_size=64))
+    _fit(spec, tmp_path / "run")
+    state = tmp_path / "run" / "checkpoints" / "last.state.safetensors"
+    state.write_bytes(state.read_bytes()[:-100])
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        _fit(spec, tmp_path / "run", resume=True)
+
+
+def test_pillow_plot_without_matplotlib(tmp_path: Path) -> None:
+    from pretrain.engine.plot import plot_curves
+
+    history = [{"epoch": e, "train_loss": 2.0 / e, "accuracy/top1": 50.0 + e} for e in (1, 2, 3)]
+    assert plot_curves(history, tmp_path / "p.png", backend="pillow") == "pillow"
+    from PIL import Image
+
+    with Image.open(tmp_path / "p.png") as img:
+        assert img.size == (1000, 400)

@@ -38,7 +38,7 @@ CONVERTER_GROUP = "pretrain.weight_converters"
 _FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
     ("resnet", r"resnet\d+[a-z]?"),
     ("mobilenet_v2", r"mobilenet_?v2(_\w+)?"),
-    ("vit", r"vit_\w+"),
+    ("vit", r"(vit|deit)(_\w+)?"),
 )
 _STATE_DICT_KEYS = ("state_dict", "model", "module")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -291,8 +291,11 @@ def convert_file(
     spec_fn = getattr(inspect.getmodule(converter), "backbone_spec", None)
     if callable(spec_fn):
         summary["backbone"] = spec_fn(arch, source)
-        check_backbone_keys(converted, summary["backbone"])
-    fc = converted.get("head.fc.weight")
+        # None when the arch name does not pin the size (e.g. the generic `vit`).
+        if summary["backbone"] is not None:
+            check_backbone_keys(converted, summary["backbone"])
+    # The classifier layer: LinearClsHead's `fc`, VisionTransformerClsHead's `layers.head`.
+    fc = next((converted[k] for k in ("head.fc.weight", "head.layers.head.weight") if k in converted), None)
     if fc is not None and fc.dim() == 2:
         summary["head"] = {"num_classes": int(fc.shape[0]), "in_channels": int(fc.shape[1])}
     dst.parent.mkdir(parents=True, exist_ok=True)

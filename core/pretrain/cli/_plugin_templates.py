@@ -62,6 +62,7 @@ class ${Prefix}Backbone(BaseBackbone):
         in_channels: Channels of the input images.
         base_channels: Channels of the first stage; each later stage doubles them.
         num_stages: Number of stages.
+
     """
 
     # What weight init applies after construction (MMPretrain's init_cfg, as data).
@@ -118,6 +119,7 @@ class ${Prefix}Neck(BaseNeck):
 
     Args:
         mode: Average or max pooling.
+
     """
 
     def __init__(self, *, mode: Literal["avg", "max"] = "avg") -> None:
@@ -154,6 +156,7 @@ class ${Prefix}Head(BaseHead):
         num_classes: Number of classes.
         in_channels: Width of the incoming (pooled) feature, (N, in_channels).
         loss: The classification loss (a loss table).
+
     """
 
     default_init: ClassVar[list[dict[str, Any]]] = [{"type": "Normal", "layer": "Linear", "std": 0.01}]
@@ -220,6 +223,7 @@ class ${Prefix}Loss(BaseLoss):
     Args:
         reduction: How per-sample losses are combined: none, mean or sum.
         loss_weight: Factor applied to the reduced loss.
+
     """
 
     target_kind: ClassVar[TargetKind] = "both"
@@ -270,6 +274,7 @@ class ${Prefix}SelfSup(BaseSelfSupervisor):
         mean: Per-channel mean of the 0..255 input (one value per channel).
         std: Per-channel standard deviation of the 0..255 input.
         to_rgb: Reverse the channel order before normalising (BGR input).
+
     """
 
     example_config: ClassVar[dict[str, Any]] = {
@@ -332,11 +337,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @parametrize_with_checks($names)
 def test_conformance(check):
+    """One conformance check of one component (ids: kind:Name-check_name)."""
     check()
 
 
 @pytest.mark.parametrize("spec", $specs)
 def test_spec_builds_and_computes_a_loss(spec):
+    """The spec validates, builds, and its model returns a finite loss."""
     model = pretrain.build(ROOT / spec, seed=0)
     images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
     out = model.loss(images, torch.arange(4))

@@ -526,10 +526,15 @@ class Trainer:
             ema_state = part("ema.")
             _load_state_dict(self.ema.module, ema_state or part("model."), path)
             self.ema.updates = int(doc.get("ema_updates", 0))
+        # Hyper-parameters (lr, momentum, ...) come from the spec, so a resumed run may
+        # change them; only the optimizer's state (moments, step counts) is restored.
+        spec_groups = [{k: v for k, v in g.items() if k != "params"}
+                       for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(
             ckpt.unflatten_optimizer(tensors, doc["optimizer"], self.optimizer.state_dict())
         )
-        # Hyper-parameters come from the spec (lr, momentum...), not from the checkpoint.
+        for group, values in zip(self.optimizer.param_groups, spec_groups, strict=True):
+            group.update(values)
         if self.scaler.is_enabled() and doc.get("scaler"):
             self.scaler.load_state_dict(doc["scaler"])
         saved = doc["state"]

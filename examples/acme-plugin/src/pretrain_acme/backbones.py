@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pretrain_builtins.backbones.resnet import ResNet
 from pydantic import Field
 from torch import Tensor, nn
+
+from pretrain_builtins.backbones.resnet import ResNet
 
 __all__ = ["AcmeResNetCIFAR"]
 

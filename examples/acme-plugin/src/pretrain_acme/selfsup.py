@@ -67,6 +67,8 @@ class AcmeRotNet(BaseSelfSupervisor):
                 f"model.head.num_classes is {classes}, but AcmeRotNet predicts one of {NUM_ROTATIONS} rotations",
                 hint=f"Set model.head.num_classes = {NUM_ROTATIONS}.",
             )
+        # The head's 4 classes are rotations, not the dataset's classes: nothing to score.
+        self.num_classes = None
 
     def loss(self, inputs: Tensor | Sequence[Tensor], targets: Tensor | None = None) -> dict[str, Tensor]:
         """4-way rotation classification loss of the batch (``targets`` are ignored)."""
