@@ -10,10 +10,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretrain._plugins import reset_plugin_manager
 from pretrain._registry import Registry, set_registry
 from pretrain._schema import check_component_contract
+
+# Tiny CPU shapes run faster single-threaded, and the suite must not oversubscribe
+# a 2-core machine (tests that time or distribute things start their own processes).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

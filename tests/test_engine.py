@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path: 
     with pytest.raises(NonFiniteLossError) as info:
         _fit(spec, run, resume=True)
     message = str(info.value)
-    assert "at step 2" in message  # 23 steps in epoch 1; step 24 explodes the weights
+    step = int(re.search(r"at step (\d+) ", message).group(1))  # type: ignore[union-attr]
+    assert 24 <= step <= 26, message  # epoch 1 has 23 steps; step 24 explodes the weights
     assert "epoch 2" in message and "last good checkpoint" in message
     assert (run / "checkpoints" / "last.state.safetensors").read_bytes() == kept
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -177,12 +177,28 @@ class ValidationContext:
             cls = self.registry.load(record)
             schema = component_schema(cls, kind, record.name)
         except (ComponentLookupError, PluginLoadError) as exc:
-            self.add(_loc(loc, "type"), exc.message)
+            self.add(_loc(loc, "type"), f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
             return None
         except SchemaDerivationError as exc:  # pragma: no cover - the registry validator catches it
             self.add(_loc(loc, "type"), f"{kind} {type_name!r} is not a valid component: {exc}")
             return None
         return self._fields(kind, type_name, record, cls, schema, value, loc)
+
+    def component_of_class(
+        self, kind: str, cls: type, value: Mapping[str, Any], loc: str, *, name: str | None = None
+    ) -> ComponentNode | None:
+        """Validate ``value`` against ``cls`` directly, without resolving its ``type``.
+
+        For classes that are not registered (notebooks, the conformance kit, tests).
+        """
+        name = name or cls.__name__
+        try:
+            schema = component_schema(cls, kind, name)
+        except SchemaDerivationError as exc:
+            self.add(loc, f"{kind} {name!r} is not a valid component: {exc}")
+            return None
+        record = EntryRecord(kind, name, f"{cls.__module__}:{cls.__qualname__}", "__runtime__", "0", "runtime")
+        return self._fields(kind, name, record, cls, schema, value, loc)
 
     def components(self, kind: str, values: Any, loc: str) -> list[ComponentNode]:
         """Validate a list of component tables; failed entries are left out."""

@@ -196,6 +196,9 @@ class CIFAR10(_CIFAR):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"root": "data/cifar10"}
+
     name = "CIFAR-10"
     folder = "cifar-10-batches-py"
     archive_url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -223,6 +226,9 @@ class CIFAR100(_CIFAR):
         channels: 1 or 3 channels; default: what the model takes.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"root": "data/cifar100"}
 
     name = "CIFAR-100"
     folder = "cifar-100-python"

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -93,6 +93,9 @@ class ImageFolder(BaseDataset):
         channels: 1 or 3 channels; default: what the model takes.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"root": "data/images"}
 
     def __init__(
         self,

@@ -112,6 +112,9 @@ class LinearClsHead(ClsHead):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"num_classes": 5, "in_channels": 16}
+
     default_init: ClassVar[list[dict[str, Any]]] = [{"type": "Normal", "layer": "Linear", "std": 0.01}]
 
     def __init__(
@@ -188,6 +191,9 @@ class StackedLinearClsHead(ClsHead):
         cal_acc: Report top-k accuracy (percent) in the training loss dict.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"num_classes": 5, "in_channels": 16, "mid_channels": [8]}
 
     def __init__(
         self,

@@ -51,6 +51,9 @@ class LabelSmoothLoss(BaseLoss):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"label_smooth_val": 0.1}
+
     target_kind: ClassVar[TargetKind] = "both"
 
     def __init__(

@@ -14,7 +14,7 @@ in place; ``cutmix_minmax`` is validated.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -50,6 +50,9 @@ class Mixup(BaseBatchAugment):
             the model's head does not declare it.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"alpha": 0.8}
 
     def __init__(
         self, *, alpha: Annotated[float, Field(gt=0)], num_classes: Annotated[int, Field(gt=0)] | None = None
@@ -94,6 +97,9 @@ class CutMix(Mixup):
             the model's head does not declare it.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"alpha": 1.0}
 
     def __init__(
         self,

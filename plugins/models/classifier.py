@@ -22,7 +22,7 @@ Differences from MMPretrain:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,13 @@ class ImageClassifier(BaseModel):
             the rest is "no augment"); default: uniform over the augments.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {
+        "backbone": {"type": "ResNet_CIFAR", "depth": 18, "stem_channels": 8, "base_channels": 8},
+        "neck": {"type": "GlobalAveragePooling"},
+        "head": {"type": "LinearClsHead", "num_classes": 5, "in_channels": 64},
+    }
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ input tuple is used, as in MMPretrain.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
@@ -31,6 +31,11 @@ class LinearNeck(BaseNeck):
         act: Activation after the norm, or none.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"in_channels": 16, "out_channels": 8}
+    #: One sample's shape for the conformance kit: LinearNeck takes pooled vectors.
+    example_input: ClassVar[tuple[int, ...]] = (16,)
 
     def __init__(
         self,

@@ -42,6 +42,9 @@ class NonLinearNeck(BaseNeck):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"in_channels": 16, "hid_channels": 8, "out_channels": 4}
+
     default_init: ClassVar[list[dict[str, Any]]] = [
         # MMPretrain's rule; LayerNorm added so that norm="LN" is covered too (same values).
         {"type": "Constant", "val": 1, "layer": ["_BatchNorm", "GroupNorm", "LayerNorm"]}

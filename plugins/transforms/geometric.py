@@ -11,7 +11,7 @@ whole batch on the GPU in one go. Parameter names follow torchvision (``size``,
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -63,6 +63,9 @@ class Resize(BaseTransform):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"size": 8}
+
     def __init__(
         self, *, size: Size, interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear",
         antialias: bool = True,
@@ -91,6 +94,9 @@ class CenterCrop(BaseTransform):
 
     """
 
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"size": 8}
+
     def __init__(self, *, size: Size) -> None:
         super().__init__()
         self.size = pair(size)
@@ -117,6 +123,9 @@ class RandomCrop(BaseTransform):
         padding_mode: How padded pixels are filled.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"size": 8}
 
     def __init__(
         self,
@@ -192,6 +201,9 @@ class RandomResizedCrop(BaseTransform):
         ratio: Range of the crop's aspect ratio (width / height), sampled log-uniformly.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"size": 8}
 
     max_attempts: ClassVar[int] = 10
 

@@ -8,7 +8,7 @@ views; the loaders then yield ``(list of view batches, labels)``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -28,6 +28,9 @@ class MultiView(BaseTransform):
         pipeline: Transforms applied to make each view (random ones draw anew per view).
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"pipeline": [{"type": "RandomCrop", "size": 8}], "num_views": 2}
 
     def __init__(
         self, *, num_views: Annotated[int, Field(ge=1)] = 2, pipeline: list[TransformRef],

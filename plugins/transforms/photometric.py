@@ -10,7 +10,7 @@ the end (torchvision truncates to uint8 after every step).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -177,6 +177,9 @@ class GaussianBlur(BaseTransform):
         prob: Probability of blurring an image.
 
     """
+
+    #: Config the conformance kit (`pretrain.testing`) builds this component from.
+    example_config: ClassVar[dict[str, Any]] = {"kernel_size": 3}
 
     def __init__(
         self, *, kernel_size: Annotated[int, Field(gt=0)],

@@ -23,6 +23,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "pretrain.cli._train",
     "pretrain.cli._eval",
     "pretrain.cli._convert",
+    "pretrain.cli._new_plugin",
 )
 
 

@@ -120,8 +120,7 @@ class Subject:
         ctx = ValidationContext()
         # The class may not be registered (a notebook class, a test double), so validate
         # the table against this class directly rather than resolving ``type``.
-        node = ctx._fields(self.kind, self.name, self.record, self.cls, schema,
-                           {"type": self.name, **config}, self.kind)
+        node = ctx.component_of_class(self.kind, self.cls, {"type": self.name, **config}, self.kind, name=self.name)
         if ctx.issues or node is None:
             issues = "; ".join(str(i) for i in ctx.issues)
             missing = [str(i.loc).rpartition(".")[2] for i in ctx.issues if "missing" in i.msg]
@@ -160,6 +159,13 @@ class Subject:
         torch.manual_seed(seed)
         try:
             return build_node(node)
+        except PretrainError as exc:  # a user-facing error, e.g. data files that are not there
+            raise self.fail(
+                check, f"building it from {self._shown(table)} raised: {exc.message}",
+                (exc.hint or "Give the component what it needs in example_config.")
+                + " If the example cannot run without external resources, list this check in "
+                "expected_failed_checks with that reason.",
+            ) from exc
         except Exception as exc:
             raise self.fail(
                 check,
