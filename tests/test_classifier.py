@@ -7,15 +7,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from pretrain_builtins.heads.cls_head import ClsHead, LinearClsHead
-from pretrain_builtins.models.batch_augments import CutMix, Mixup, sample_beta
-from pretrain_builtins.models.classifier import ImageClassifier
-from pretrain_builtins.necks.gap import GlobalAveragePooling
 from torch import nn
 
 import pretrain
 from pretrain import PretrainError, SpecError
 from pretrain.components import BaseLoss
+from pretrain_builtins.heads.cls_head import ClsHead, LinearClsHead
+from pretrain_builtins.models.batch_augments import CutMix, Mixup, sample_beta
+from pretrain_builtins.models.classifier import ImageClassifier
+from pretrain_builtins.necks.gap import GlobalAveragePooling
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]

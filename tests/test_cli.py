@@ -97,6 +97,13 @@ def test_schema_is_valid_and_validates_specs(tmp_path):
     schema = json.loads(out.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
+    import tomllib
+
+    for spec in sorted(SPECS.glob("*.toml")):  # every example, training tables included
+        data = tomllib.loads(spec.read_text())
+        data.pop("extends", None)
+        if "model" in data:
+            assert list(validator.iter_errors(data)) == [], spec.name
     seed = json.loads((SPECS / "seed_tutorial.json").read_text())
     assert list(validator.iter_errors(seed)) == []
     seed["model"]["backbone"]["depth"] = 19

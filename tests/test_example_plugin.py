@@ -106,11 +106,6 @@ def test_plugin_own_tests_pass(installed):
     assert " passed" in res.stdout and "failed" not in res.stdout
 
 
-@pytest.mark.xfail(
-    reason="the engine reads model.head.num_classes (4 rotations) as the dataset's class count; "
-    "it must honour the model's own num_classes = None (pretrain.engine.trainer.model_num_classes)",
-    strict=False,
-)
 def test_pretrain_rotnet_one_epoch(installed):
     run_dir = installed["root"] / "run-rotnet"
     res = run_cli("train", str(installed["source"] / "rotnet.toml"), "--run-dir", str(run_dir), "--plain",

@@ -6,6 +6,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+
+import pretrain
+from pretrain import SpecError
+from pretrain._build import build_from_spec
 from pretrain_builtins.heads._common import classification_loss, targets_for_loss, topk_accuracy
 from pretrain_builtins.heads.cls_head import ClsHead, LinearClsHead, StackedLinearClsHead
 from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss
@@ -13,11 +18,6 @@ from pretrain_builtins.losses.regression import L1Loss
 from pretrain_builtins.necks.gap import GlobalAveragePooling
 from pretrain_builtins.necks.linear_neck import LinearNeck
 from pretrain_builtins.necks.nonlinear_neck import NonLinearNeck
-from torch import nn
-
-import pretrain
-from pretrain import SpecError
-from pretrain._build import build_from_spec
 
 
 def _issues(kind, spec):

@@ -7,13 +7,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss
-from pretrain_builtins.losses.label_smooth import LabelSmoothLoss
-from pretrain_builtins.losses.regression import L1Loss, MSELoss
 
 import pretrain
 from pretrain import SpecError
 from pretrain.losses import reduce_loss, resolve_reduction, weight_reduce_loss, weighted_loss
+from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss
+from pretrain_builtins.losses.label_smooth import LabelSmoothLoss
+from pretrain_builtins.losses.regression import L1Loss, MSELoss
 
 LOSS = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
 

@@ -100,13 +100,10 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         "description": {"type": "string"},
         "model": {"$ref": "#/$defs/model"},
     }
-    try:
-        from pretrain.engine.spec import section_json_schemas
-    except ImportError:
-        section_json_schemas = None
-    if section_json_schemas is not None:
-        for name, section in section_json_schemas().items():
-            properties[name] = _hoist(section, defs)
+    from pretrain.engine.spec import section_json_schemas
+
+    for name, section in section_json_schemas().items():
+        properties[name] = _hoist(section, defs)
     out: dict[str, Any] = {
         "$schema": _DRAFT,
         "title": "pretrain spec",

@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _weights_file(path: Path) -> Path:
-    from pretrain._errors import PretrainError  # noqa: PLC0415
+    from pretrain._errors import PretrainError
 
     if path.is_dir():
         for candidate in ("checkpoints/best.safetensors", "checkpoints/last.safetensors",
@@ -49,16 +49,17 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
 
     Returns:
         ``accuracy/top{k}`` (percent), ``num_samples``, ``per_class`` (with class names).
-    """
-    import torch  # noqa: PLC0415
 
-    from pretrain._build import build_node  # noqa: PLC0415
-    from pretrain._errors import PretrainError  # noqa: PLC0415
-    from pretrain.engine import checkpoint as ckpt  # noqa: PLC0415
-    from pretrain.engine.data import build_loaders  # noqa: PLC0415
-    from pretrain.engine.distributed import init_distributed  # noqa: PLC0415
-    from pretrain.engine.spec import EvalSection  # noqa: PLC0415
-    from pretrain.engine.trainer import evaluate_model, model_num_classes  # noqa: PLC0415
+    """
+    import torch
+
+    from pretrain._build import build_node
+    from pretrain._errors import PretrainError
+    from pretrain.engine import checkpoint as ckpt
+    from pretrain.engine.data import build_loaders
+    from pretrain.engine.distributed import init_distributed
+    from pretrain.engine.spec import EvalSection
+    from pretrain.engine.trainer import evaluate_model, model_num_classes
 
     data = spec.sections.get("data")
     if data is None or data.val is None:
@@ -102,17 +103,17 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate."""
-    from pretrain._spec import load_spec  # noqa: PLC0415
-    from pretrain._validate import validate_spec  # noqa: PLC0415
-    from pretrain.cli._console import console, print_json  # noqa: PLC0415
+    from pretrain._spec import load_spec
+    from pretrain._validate import validate_spec
+    from pretrain.cli._console import console, print_json
 
     spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
     weights = _weights_file(Path(args.weights))
-    from pretrain.engine.distributed import shutdown  # noqa: PLC0415
+    from pretrain.engine.distributed import shutdown
 
     try:
         metrics = evaluate_weights(spec, weights, args.device)
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         if dist.is_initialized() and dist.get_rank() != 0:
             return 0
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(console: Any, metrics: dict[str, Any]) -> None:
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title=f"per-class accuracy ({metrics['num_samples']} images)")
     table.add_column("class")

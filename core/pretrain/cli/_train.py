@@ -55,9 +55,9 @@ def _changed_tables(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
 
 def run(args: argparse.Namespace) -> int:
     """Train."""
-    from pretrain._spec import load_spec  # noqa: PLC0415
-    from pretrain._validate import validate_spec  # noqa: PLC0415
-    from pretrain.cli._console import console, err_console  # noqa: PLC0415
+    from pretrain._spec import load_spec
+    from pretrain._validate import validate_spec
+    from pretrain.cli._console import console, err_console
 
     overrides = list(args.overrides)
     if args.seed is not None:
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     raw = load_spec(args.spec, overrides)
     spec = validate_spec(raw, source=args.spec)
 
-    from pretrain.engine.distributed import shutdown  # noqa: PLC0415 - imports torch
-    from pretrain.engine.rundir import RunDir  # noqa: PLC0415
-    from pretrain.engine.trainer import Trainer  # noqa: PLC0415
+    from pretrain.engine.distributed import shutdown
+    from pretrain.engine.rundir import RunDir
+    from pretrain.engine.trainer import Trainer
 
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec)
     if args.resume:

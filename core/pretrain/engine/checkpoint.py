@@ -236,9 +236,9 @@ def read_metadata_json(path: str | os.PathLike[str], key: str = "pretrain.state"
 def capture_rng() -> dict[str, torch.Tensor]:
     """Every RNG this process may draw from, as tensors (no pickle needed)."""
     out = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         out["cuda"] = torch.cuda.get_rng_state()
-    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     out["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     out["numpy_extra"] = torch.tensor([float(pos), float(has_gauss), float(gauss)], dtype=torch.float64)
     version, internal, gauss_next = random.getstate()

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from pretrain._errors import PretrainError
 
-__all__ = ["DistInfo", "all_gather_tensors", "all_reduce_sum", "barrier", "init_distributed",
-           "resolve_device", "shutdown"]
+__all__ = ["DistInfo", "all_gather_tensors", "all_reduce_sum", "barrier", "broadcast_buffers",
+           "init_distributed", "resolve_device", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    if info.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def all_gather_tensors(

@@ -46,8 +46,8 @@ class ModelEMA:
         if step % self.cfg.every_steps:
             return
         d = self.decay()
-        ema_p = [p for p in self.module.parameters()]
-        live_p = [p.detach() for p in model.parameters()]
+        ema_p: list[torch.Tensor] = list(self.module.parameters())
+        live_p: list[torch.Tensor] = [p.detach() for p in model.parameters()]
         if ema_p:
             torch._foreach_lerp_(ema_p, live_p, 1.0 - d)
         for e, b in zip(self.module.buffers(), model.buffers(), strict=True):

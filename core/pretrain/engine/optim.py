@@ -109,7 +109,7 @@ def param_groups(
             decay_mult = paramwise.norm_decay_mult
         if depth is not None:
             layer_id, num_layers = depth(name)
-            lr_mult *= paramwise.layer_decay_rate ** (num_layers - layer_id - 1)  # type: ignore[operator]
+            lr_mult *= float(paramwise.layer_decay_rate or 1.0) ** (num_layers - layer_id - 1)
         key = next((k for k in keys if k in name), None)
         if key is not None:
             lr_mult *= paramwise.custom_keys[key].lr_mult

@@ -61,6 +61,7 @@ __all__ = [
     "StepSchedule",
     "TrainSection",
     "json_schemas",
+    "section_json_schemas",
     "validate_sections",
 ]
 
@@ -80,10 +81,10 @@ class SGDConfig(_Strict):
 
     type: Literal["SGD"]
     lr: PositiveFloat = Field(description="Base learning rate.")
-    momentum: NonNegFloat = Field(0.9, description="Momentum factor.")
-    dampening: NonNegFloat = Field(0.0, description="Dampening for momentum.")
-    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
-    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    momentum: NonNegFloat = Field(default=0.9, description="Momentum factor.")
+    dampening: NonNegFloat = Field(default=0.0, description="Dampening for momentum.")
+    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (needs momentum > 0).")
 
     @model_validator(mode="after")
     def _nesterov(self) -> SGDConfig:
@@ -98,11 +99,11 @@ class AdamWConfig(_Strict):
     type: Literal["AdamW"]
     lr: PositiveFloat = Field(description="Base learning rate.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        (0.9, 0.999), description="Coefficients of the running averages."
+        default=(0.9, 0.999), description="Coefficients of the running averages."
     )
-    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
-    weight_decay: NonNegFloat = Field(0.01, description="Decoupled weight decay.")
-    amsgrad: bool = Field(False, description="Use the AMSGrad variant.")
+    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(default=0.01, description="Decoupled weight decay.")
+    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
 
 
 class AdamConfig(_Strict):
@@ -111,11 +112,11 @@ class AdamConfig(_Strict):
     type: Literal["Adam"]
     lr: PositiveFloat = Field(description="Base learning rate.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        (0.9, 0.999), description="Coefficients of the running averages."
+        default=(0.9, 0.999), description="Coefficients of the running averages."
     )
-    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
-    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
-    amsgrad: bool = Field(False, description="Use the AMSGrad variant.")
+    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
+    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
 
 
 class RMSpropConfig(_Strict):
@@ -123,42 +124,42 @@ class RMSpropConfig(_Strict):
 
     type: Literal["RMSprop"]
     lr: PositiveFloat = Field(description="Base learning rate.")
-    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(0.99, description="Smoothing constant.")
-    eps: PositiveFloat = Field(1e-8, description="Denominator term for numerical stability.")
-    weight_decay: NonNegFloat = Field(0.0, description="L2 penalty (coupled).")
-    momentum: NonNegFloat = Field(0.0, description="Momentum factor.")
-    centered: bool = Field(False, description="Normalise by the estimated gradient variance.")
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.99, description="Smoothing constant.")
+    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
+    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
+    momentum: NonNegFloat = Field(default=0.0, description="Momentum factor.")
+    centered: bool = Field(default=False, description="Normalise by the estimated gradient variance.")
 
 
-OptimizerConfig = Annotated[
-    SGDConfig | AdamWConfig | AdamConfig | RMSpropConfig, Field(discriminator="type")
-]
+OptimizerConfig = Annotated[SGDConfig | AdamWConfig | AdamConfig | RMSpropConfig, Field(discriminator="type")]
 
 
 class CustomKey(_Strict):
     """Multipliers for every parameter whose name contains a key."""
 
-    lr_mult: NonNegFloat = Field(1.0, description="Learning-rate multiplier.")
-    decay_mult: NonNegFloat = Field(1.0, description="Weight-decay multiplier.")
+    lr_mult: NonNegFloat = Field(default=1.0, description="Learning-rate multiplier.")
+    decay_mult: NonNegFloat = Field(default=1.0, description="Weight-decay multiplier.")
 
 
 class ParamwiseConfig(_Strict):
     """Per-parameter learning-rate and weight-decay multipliers (MMPretrain's ``paramwise_cfg``)."""
 
     norm_decay_mult: NonNegFloat | None = Field(
-        None, description="Weight-decay multiplier of normalisation-layer weights and biases "
-        "(0 = no decay); unset = like any other parameter."
+        default=None,
+        description="Weight-decay multiplier of normalisation-layer weights and biases "
+        "(0 = no decay); unset = like any other parameter.",
     )
     bias_decay_mult: NonNegFloat | None = Field(
-        None, description="Weight-decay multiplier of biases (0 = no decay); unset = no change."
+        default=None, description="Weight-decay multiplier of biases (0 = no decay); unset = no change."
     )
     flat_decay_mult: NonNegFloat | None = Field(
-        None, description="Weight-decay multiplier of every 1-D parameter (tokens, scales, "
-        "biases); unset = no change."
+        default=None,
+        description="Weight-decay multiplier of every 1-D parameter (tokens, scales, biases); unset = no change.",
     )
     layer_decay_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
-        None, description="Layer-wise LR decay: a parameter at depth d of n gets "
-        "lr * rate ** (n - d - 1). Needs a backbone with get_layer_depth."
+        default=None,
+        description="Layer-wise LR decay: a parameter at depth d of n gets "
+        "lr * rate ** (n - d - 1). Needs a backbone with get_layer_depth.",
     )
     custom_keys: dict[str, CustomKey] = Field(
         default_factory=dict,
@@ -170,14 +171,12 @@ class ParamwiseConfig(_Strict):
 
 
 class _ScheduleBase(_Strict):
-    warmup_epochs: NonNegFloat = Field(
-        0.0, description="Linear warm-up length in epochs (fractions allowed)."
-    )
+    warmup_epochs: NonNegFloat = Field(default=0.0, description="Linear warm-up length in epochs (fractions allowed).")
     warmup_steps: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="Linear warm-up length in optimizer steps (instead of warmup_epochs)."
+        default=None, description="Linear warm-up length in optimizer steps (instead of warmup_epochs)."
     )
     warmup_start_factor: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.001, description="LR factor at step 0 of the warm-up."
+        default=0.001, description="LR factor at step 0 of the warm-up."
     )
 
     @model_validator(mode="after")
@@ -198,7 +197,7 @@ class CosineSchedule(_ScheduleBase):
 
     type: Literal["cosine"]
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.0, description="Final LR as a fraction of the base LR."
+        default=0.0, description="Final LR as a fraction of the base LR."
     )
 
 
@@ -207,17 +206,15 @@ class StepSchedule(_ScheduleBase):
 
     type: Literal["step"]
     step_epochs: Annotated[int, Field(gt=0)] = Field(description="Epochs between decays.")
-    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="Decay factor.")
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(default=0.1, description="Decay factor.")
 
 
 class MultiStepSchedule(_ScheduleBase):
     """Multiply the LR by ``gamma`` at each milestone epoch."""
 
     type: Literal["multistep"]
-    milestones: list[Annotated[int, Field(gt=0)]] = Field(
-        description="Epochs at which the LR decays (increasing)."
-    )
-    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="Decay factor.")
+    milestones: list[Annotated[int, Field(gt=0)]] = Field(description="Epochs at which the LR decays (increasing).")
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(default=0.1, description="Decay factor.")
 
     @model_validator(mode="after")
     def _increasing(self) -> MultiStepSchedule:
@@ -236,18 +233,17 @@ class EMAConfig(_Strict):
     """Exponential moving average of the weights: ``ema = decay * ema + (1 - decay) * w``."""
 
     decay: Annotated[float, Field(gt=0, lt=1)] = Field(
-        0.999, description="Weight of the running average per update (the paper's m)."
+        default=0.999, description="Weight of the running average per update (the paper's m)."
     )
     every_steps: Annotated[int, Field(gt=0)] = Field(
-        1, description="Update the average every this many optimizer steps."
+        default=1, description="Update the average every this many optimizer steps."
     )
     warmup: bool = Field(
-        False, description="Use min(decay, (1 + n) / (10 + n)) for the n-th update, so the "
-        "average forgets the random init quickly."
+        default=False,
+        description="Use min(decay, (1 + n) / (10 + n)) for the n-th update, so the "
+        "average forgets the random init quickly.",
     )
-    evaluate: bool = Field(
-        True, description="Evaluate (and save as the run's weights) the averaged model."
-    )
+    evaluate: bool = Field(default=True, description="Evaluate (and save as the run's weights) the averaged model.")
 
 
 # --------------------------------------------------------------------------- sections
@@ -258,59 +254,54 @@ class TrainSection(_Strict):
 
     epochs: Annotated[int, Field(gt=0)] = Field(description="Number of passes over the data.")
     max_steps: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="Stop after this many optimizer steps in total (smoke runs); the "
-        "schedule is stretched over min(epochs * steps_per_epoch, max_steps)."
+        default=None,
+        description="Stop after this many optimizer steps in total (smoke runs); the "
+        "schedule is stretched over min(epochs * steps_per_epoch, max_steps).",
     )
     optimizer: OptimizerConfig = Field(description="Optimizer from torch.optim, by type.")
     paramwise: ParamwiseConfig | None = Field(
-        None, description="Per-parameter learning-rate / weight-decay multipliers."
+        default=None, description="Per-parameter learning-rate / weight-decay multipliers."
     )
     schedule: ScheduleConfig = Field(
         default_factory=lambda: ConstantSchedule(type="constant"),
         description="Per-iteration learning-rate schedule.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast precision; fp16 also uses a GradScaler."
+        default="fp32", description="Autocast precision; fp16 also uses a GradScaler."
     )
-    channels_last: bool = Field(False, description="Use the channels-last memory format.")
-    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    channels_last: bool = Field(default=False, description="Use the channels-last memory format.")
+    compile: bool = Field(default=False, description="Wrap the model in torch.compile.")
     grad_clip: PositiveFloat | None = Field(
-        None, description="Clip the global L2 norm of the gradients to this value."
+        default=None, description="Clip the global L2 norm of the gradients to this value."
     )
     grad_accum: Annotated[int, Field(gt=0)] = Field(
-        1, description="Micro-batches accumulated per optimizer step."
+        default=1, description="Micro-batches accumulated per optimizer step."
     )
-    ema: EMAConfig | None = Field(None, description="Exponential moving average of the weights.")
-    device: str = Field(
-        "auto", description="auto (CUDA when available), cpu, cuda or cuda:N."
-    )
-    seed: int = Field(0, description="Seed of initialisation, data order and augmentation.")
-    deterministic: bool = Field(
-        False, description="Ask torch for deterministic algorithms (slower on CUDA)."
-    )
+    ema: EMAConfig | None = Field(default=None, description="Exponential moving average of the weights.")
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
+    seed: int = Field(default=0, description="Seed of initialisation, data order and augmentation.")
+    deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
     sync_bn: bool = Field(
-        False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
+        default=False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
     )
     checkpoint_every_steps: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="Also save the 'last' checkpoint every this many optimizer steps."
+        default=None, description="Also save the 'last' checkpoint every this many optimizer steps."
     )
     eval_every_epochs: Annotated[int, Field(gt=0)] = Field(
-        1, description="Evaluate on the validation data every this many epochs (and at the end)."
+        default=1, description="Evaluate on the validation data every this many epochs (and at the end)."
     )
     log_every_steps: Annotated[int, Field(gt=0)] = Field(
-        20, description="Plain-text progress line interval when not on a terminal."
+        default=20, description="Plain-text progress line interval when not on a terminal."
     )
     best_metric: str = Field(
-        "accuracy/top1", description="Validation metric that selects the 'best' checkpoint."
+        default="accuracy/top1", description="Validation metric that selects the 'best' checkpoint."
     )
-    best_mode: Literal["max", "min"] = Field("max", description="Whether larger is better.")
+    best_mode: Literal["max", "min"] = Field(default="max", description="Whether larger is better.")
 
     @model_validator(mode="after")
     def _device(self) -> TrainSection:
         d = self.device
-        ok = d in ("auto", "cpu", "cuda", "mps") or (
-            d.startswith("cuda:") and d[5:].isdigit()
-        )
+        ok = d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())
         if not ok:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
         return self
@@ -320,9 +311,9 @@ class EvalSection(_Strict):
     """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
 
     topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        (1, 5), min_length=1, description="Report accuracy/top{k} (percent) for each k."
+        default=(1, 5), min_length=1, description="Report accuracy/top{k} (percent) for each k."
     )
-    per_class: bool = Field(True, description="Also compute per-class accuracy.")
+    per_class: bool = Field(default=True, description="Also compute per-class accuracy.")
 
 
 #: Sections owned by the engine, with their pydantic models (``data`` lives in data.py).
@@ -365,8 +356,7 @@ def _walk(root: type[BaseModel], parts: tuple[Any, ...]) -> tuple[list[Any], typ
             current = None
             continue
         members = _members(field.annotation)
-        dict_key = any(typing.get_origin(a) is dict
-                       for a in (field.annotation, *typing.get_args(field.annotation)))
+        dict_key = any(typing.get_origin(a) is dict for a in (field.annotation, *typing.get_args(field.annotation)))
         if len(members) == 1:
             current = members[0]
         elif members:
@@ -402,7 +392,8 @@ def _report(exc: ValidationError, prefix: str, root: type[BaseModel], ctx: Valid
             tag, expected = str(err["ctx"]["tag"]), str(err["ctx"]["expected_tags"])
             names = [t.strip(" '") for t in expected.split(",")]
             close = [n for n in names if n.lower() == tag.lower()] or difflib.get_close_matches(
-                tag, names, n=1, cutoff=0.6)
+                tag, names, n=1, cutoff=0.6
+            )
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msg = f"unknown type {tag!r}{hint} (choose one of: {', '.join(names)})"
         else:
@@ -453,9 +444,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
 def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationContext) -> None:
     """Checks that span fields: schedule milestones vs epochs, best metric vs eval top-k."""
     sched = train.schedule
-    if isinstance(sched, MultiStepSchedule) and sched.milestones and (
-        sched.milestones[-1] > train.epochs
-    ):
+    if isinstance(sched, MultiStepSchedule) and sched.milestones and (sched.milestones[-1] > train.epochs):
         ctx.add(
             "train.schedule.milestones",
             f"milestone {sched.milestones[-1]} is after the last epoch ({train.epochs})",
@@ -470,11 +459,17 @@ def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationCo
     if train.best_metric not in known:
         ctx.add(
             "train.best_metric",
-            f"{train.best_metric!r} is not a validation metric; eval.topk gives "
-            f"{', '.join(sorted(known))}",
+            f"{train.best_metric!r} is not a validation metric; eval.topk gives {', '.join(sorted(known))}",
         )
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schemas of the ``train`` and ``eval`` tables (for ``pretrain schema``)."""
     return {name: model.model_json_schema() for name, model in _SECTION_MODELS.items()}
+
+
+def section_json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schemas of every engine table (``data``, ``train``, ``eval``) for ``pretrain schema``."""
+    from pretrain.engine.data import json_schema as data_json_schema
+
+    return {"data": data_json_schema(), **json_schemas()}

@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from pretrain.engine.distributed import (
     all_gather_tensors,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     init_distributed,
 )
 from pretrain.engine.ema import ModelEMA
@@ -86,12 +87,14 @@ class _LossForward(nn.Module):
 
 
 def model_num_classes(model: nn.Module) -> int | None:
-    """Classes a classifier predicts (``model.num_classes`` or ``model.head.num_classes``)."""
-    for obj in (model, getattr(model, "head", None)):
-        n = getattr(obj, "num_classes", None)
-        if isinstance(n, int):
-            return n
-    return None
+    """Dataset classes a model predicts: its ``num_classes``, else its head's; None for none.
+
+    A model that sets ``num_classes = None`` (self-supervised: its head's classes are
+    pretext labels such as rotations) is not scored against the dataset's labels.
+    """
+    owner: Any = model if hasattr(model, "num_classes") else getattr(model, "head", None)
+    n = getattr(owner, "num_classes", None)
+    return n if isinstance(n, int) else None
 
 
 def _to_memory_format(x: Tensor | list[Tensor], channels_last: bool) -> Tensor | list[Tensor]:
@@ -126,7 +129,8 @@ def evaluate_model(
     meter = AccuracyMeter(topk, num_classes, device)
     for inputs, labels in batches:
         with autocast_context(device, precision):
-            scores = model.predict(_to_memory_format(inputs, channels_last))["scores"]  # (B, C)
+            predict: Any = model.predict
+            scores = predict(_to_memory_format(inputs, channels_last))["scores"]  # (B, C)
         meter.update(scores.float(), labels)
     model.train(was_training)
     return meter.compute(dist_info)
@@ -166,6 +170,7 @@ class Trainer:
         self.state = RunState()
         self._pending: list[Tensor] = []  # step losses not yet read back (device tensors)
         self._last_plot = 0.0
+        self._epoch_time, self._epoch_images = 0.0, 0
         self._ready = False
 
     # ------------------------------------------------------------------ setup
@@ -192,7 +197,7 @@ class Trainer:
         torch.manual_seed(seed)  # identical initial weights on every rank
         model: nn.Module = build_node(self.spec.model)
         if cfg.sync_bn and d.distributed and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
         model.to(self.device)
         self.channels_last = cfg.channels_last and self.device.type != "mps"
         if self.channels_last:
@@ -207,11 +212,12 @@ class Trainer:
         if self.loaders.train is None:
             raise PretrainError("data: no training data", hint="Add a [data.train] table.")
         if self.loaders.val is not None and self.num_classes is None:
-            raise PretrainError(
-                f"{type(model).__name__} does not say how many classes it predicts "
-                "(no num_classes attribute), so it cannot be scored on data.val",
-                hint="Remove [data.val] for this model, or give it a num_classes attribute.",
-            )
+            if d.is_main:
+                self.console.print(
+                    f"[yellow]note:[/] {type(model).__name__} predicts no dataset classes "
+                    "(num_classes is None, e.g. self-supervised), so data.val is not scored"
+                )
+            self.loaders.val = None
         n_batches = len(self.loaders.train)
         self.steps_per_epoch = -(-n_batches // cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -221,17 +227,21 @@ class Trainer:
             cfg.schedule, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch
         )
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.paramwise)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = ModelEMA(model, cfg.ema) if cfg.ema is not None else None
 
-        forward: nn.Module = _LossForward(model)
+        # ``forward(x, y) -> loss dict``: model.loss itself, or through DDP / torch.compile.
         self.ddp: nn.parallel.DistributedDataParallel | None = None
-        if d.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            forward = self.ddp = nn.parallel.DistributedDataParallel(forward, device_ids=ids)
-        if cfg.compile:
-            forward = torch.compile(forward)  # type: ignore[assignment]
-        self.forward = forward
+        self.forward: Callable[[Any, Tensor], dict[str, Tensor]] = model.loss  # type: ignore[assignment]
+        if d.distributed or cfg.compile:
+            wrapped: nn.Module = _LossForward(model)
+            if d.distributed:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                wrapped = self.ddp = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
+            if cfg.compile:
+                wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+            self.forward = wrapped
 
         if resuming:
             self._load_checkpoint()
@@ -243,8 +253,9 @@ class Trainer:
             random.seed(seed + d.rank)
         self.hooks = get_plugin_manager().hook
         # Read losses back every step where that is free (CPU) or a hook needs each value.
-        wants_steps = bool(self.hooks.pretrain_after_step.get_hookimpls())
-        self.sync_every = 1 if (self.device.type == "cpu" or wants_steps) else cfg.log_every_steps
+        self._step_hooks = bool(self.hooks.pretrain_after_step.get_hookimpls())
+        self.sync_every = (1 if (self.device.type == "cpu" or self._step_hooks)
+                           else cfg.log_every_steps)
         self._ready = True
 
     def _configure_backends(self) -> None:
@@ -285,10 +296,16 @@ class Trainer:
         record = self.state.history[-1] if self.state.history else {}
         self._t_session, self._steps_session = time.perf_counter(), 0
         with self.progress:
-            while self.state.epoch < cfg.epochs and self.state.step < self.total_steps:
-                epoch = self.state.epoch
-                self.train_epoch(epoch)
+            while self.state.epoch < cfg.epochs:
+                st = self.state
+                if st.step >= self.total_steps and st.step_in_epoch == 0:
+                    break  # max_steps reached and its epoch already closed
+                epoch = st.epoch
+                if st.step < self.total_steps:
+                    self.train_epoch(epoch)
                 record = self._end_epoch(epoch)
+                if self.state.step >= self.total_steps:
+                    break
         if d.is_main and self.state.history:
             self._plot(force=True)
         self.hooks.pretrain_train_end(trainer=self, metrics=record)
@@ -325,7 +342,8 @@ class Trainer:
             loss = None
             due_ckpt = (self.cfg.checkpoint_every_steps is not None
                         and st.step % self.cfg.checkpoint_every_steps == 0
-                        and st.step_in_epoch < self.steps_per_epoch)
+                        and st.step_in_epoch < self.steps_per_epoch
+                        and st.step < self.total_steps)  # else the epoch's end saves next
             if st.step_in_epoch % self.sync_every == 0 or due_ckpt:
                 loss = self._sync_losses()
             elapsed = time.perf_counter() - t0
@@ -357,13 +375,14 @@ class Trainer:
                 with autocast_context(self.device, self.cfg.precision):
                     loss = self.forward(x, targets)["loss"]  # scalar
                 scaled = loss / n if n > 1 else loss
-                scaler.scale(scaled).backward() if scaler.is_enabled() else scaled.backward()
+                if scaler.is_enabled():
+                    scaled = scaler.scale(scaled)
+                scaled.backward()  # type: ignore[no-untyped-call]
             total = loss.detach() if total is None else total + loss.detach()
         if self.cfg.grad_clip is not None:
             if scaler.is_enabled():
                 scaler.unscale_(opt)
-            params = [p for g in opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip)
         if scaler.is_enabled():
             scaler.step(opt)
             scaler.update()
@@ -380,19 +399,23 @@ class Trainer:
         if not self._pending:
             return None
         st = self.state
-        losses = torch.stack(self._pending).float()  # (k,)
         first = st.step - len(self._pending) + 1
+        if len(self._pending) == 1 and not self.dist.distributed:
+            values = [float(self._pending[0].item())]  # the per-step CPU path: one call
+        else:
+            losses = torch.stack(self._pending).float()  # (k,)
+            if self.dist.distributed:
+                losses = all_reduce_sum(losses, self.dist) / self.dist.world_size
+            values = losses.tolist()
         self._pending = []
-        if self.dist.distributed:
-            losses = all_reduce_sum(losses, self.dist) / self.dist.world_size
-        values = losses.tolist()
         for i, value in enumerate(values):
             if not math.isfinite(value):
                 self._non_finite(first + i, value)
             st.loss_sum += value
             st.loss_count += 1
-            self.hooks.pretrain_after_step(trainer=self, step=first + i, loss=value)
-        return float(values[-1])
+            if self._step_hooks:
+                self.hooks.pretrain_after_step(trainer=self, step=first + i, loss=value)
+        return values[-1]
 
     def _non_finite(self, step: int, value: float) -> None:
         last = "no checkpoint was written yet"
@@ -420,6 +443,9 @@ class Trainer:
         """Validation metrics of the evaluated weights (the EMA when it is evaluated)."""
         assert self.loaders.val is not None and self.num_classes is not None
         model = self.ema.module if self.ema is not None and self.ema.cfg.evaluate else self.model
+        # BatchNorm statistics drift apart across DDP ranks between forwards; score (and
+        # save) rank 0's, so every rank evaluates the weights in the checkpoint.
+        broadcast_buffers(model, self.dist)
         return evaluate_model(
             model, self.loaders.val, topk=self.eval_cfg.topk, num_classes=self.num_classes,
             device=self.device, precision=self.cfg.precision, channels_last=self.channels_last,

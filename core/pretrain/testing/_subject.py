@@ -113,7 +113,7 @@ class Subject:
         config = dict(self.config if table is None else table)
         config.pop("type", None)
         try:
-            schema = component_schema(self.cls, self.kind, self.name)
+            component_schema(self.cls, self.kind, self.name)  # a clearer failure than the validator's
         except SchemaDerivationError as exc:
             raise self.fail(check, f"no spec schema can be derived: {exc}",
                             "Annotate every keyword-only __init__ parameter with a spec-friendly type.") from None
