@@ -279,6 +279,13 @@ class TrainSection(_Strict):
     )
     ema: EMAConfig | None = Field(default=None, description="Exponential moving average of the weights.")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
+    cpu_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description=(
+            "torch intra-op threads on CPU (default: torch's choice). 1 is far faster for small "
+            "models when other processes share the cores."
+        ),
+    )
     seed: int = Field(default=0, description="Seed of initialisation, data order and augmentation.")
     deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
     sync_bn: bool = Field(

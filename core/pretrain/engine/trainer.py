@@ -259,6 +259,8 @@ class Trainer:
         self._ready = True
 
     def _configure_backends(self) -> None:
+        if self.cfg.cpu_threads is not None:
+            torch.set_num_threads(self.cfg.cpu_threads)
         if self.cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
