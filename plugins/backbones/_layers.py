@@ -11,7 +11,8 @@ MobileNetV3.
 The rest are helpers for backbone authors: ``index_issues`` (the shared
 ``out_indices`` check for ``spec_issues``), ``first_issue_error`` (the same
 checks as a ``ValueError`` for direct construction), ``freeze``/``set_norm_eval``
-(``frozen_stages``/``norm_eval``) and ``inherit_args_doc`` (a variant class
+(``frozen_stages``/``norm_eval``), ``maybe_checkpoint`` (``with_cp``), ``FrozenStagesMixin`` (the matching ``train``
+and the staged forward loop) and ``inherit_args_doc`` (a variant class
 reusing its base's documented fields, which the spec schema reads).
 """
 
@@ -19,15 +20,17 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Literal, TypeVar
 
+import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 __all__ = [
     "ActName",
     "ConvBNAct",
     "DropPath",
+    "FrozenStagesMixin",
     "SELayer",
     "build_activation",
     "drop_path",
@@ -36,6 +39,7 @@ __all__ = [
     "index_issues",
     "inherit_args_doc",
     "make_divisible",
+    "maybe_checkpoint",
     "set_norm_eval",
 ]
 
@@ -257,6 +261,17 @@ def index_issues(
         )
 
 
+def maybe_checkpoint(fn: Callable[[Tensor], Tensor], x: Tensor, enabled: bool) -> Tensor:
+    """``fn(x)``, with activation checkpointing (recomputed in backward) if ``enabled``.
+
+    Checkpointing is skipped when ``x`` needs no gradient (nothing to save memory for).
+    """
+    if enabled and x.requires_grad:
+        out: Tensor = cp.checkpoint(fn, x, use_reentrant=False)
+        return out
+    return fn(x)
+
+
 def first_issue_error(cls: type, issues: Iterable[tuple[str, str]]) -> None:
     """Raise ``ValueError`` for the first issue, for direct (non-spec) construction."""
     for field, msg in issues:
@@ -275,6 +290,40 @@ def freeze(module: nn.Module) -> None:
     module.eval()
     for param in module.parameters():
         param.requires_grad = False
+
+
+_M = TypeVar("_M", bound="FrozenStagesMixin")
+
+
+class FrozenStagesMixin(nn.Module):
+    """``train``/forward plumbing of a CNN backbone built as named stages.
+
+    Put it before the base class (``class X(FrozenStagesMixin, BaseBackbone)``); the
+    backbone sets ``norm_eval`` and ``out_indices`` and defines ``_freeze_stages``.
+    """
+
+    norm_eval: bool
+    out_indices: tuple[int, ...]
+
+    def _freeze_stages(self) -> None:
+        raise NotImplementedError
+
+    def train(self: _M, mode: bool = True) -> _M:
+        """Set train/eval mode, keeping frozen stages (and BN with ``norm_eval``) in eval."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            set_norm_eval(self)
+        return self
+
+    def _forward_stages(self, x: Tensor, names: Sequence[str]) -> tuple[Tensor, ...]:
+        """Run the child modules ``names`` in order; keep the outputs at ``out_indices``."""
+        outs = []
+        for i, name in enumerate(names):
+            x = getattr(self, name)(x)  # (B, C_i, H_i, W_i)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
 
 
 def inherit_args_doc(cls: type, base: type, overrides: Mapping[str, str]) -> None:

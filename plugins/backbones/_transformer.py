@@ -152,6 +152,16 @@ class LayerScale(nn.Module):
         return x * self.weight
 
 
+def _branch_scale(embed_dims: int, init_value: float) -> nn.Module:
+    """A residual branch's LayerScale, or identity when ``init_value`` is 0."""
+    return LayerScale(embed_dims, init_value) if init_value > 0 else nn.Identity()
+
+
+def _branch_drop(rate: float) -> nn.Module:
+    """A residual branch's stochastic depth, or identity when ``rate`` is 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (MMPretrain layout).
 
@@ -185,10 +195,8 @@ class MultiheadAttention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.gamma1: nn.Module = (
-            LayerScale(embed_dims, layer_scale_init_value) if layer_scale_init_value > 0 else nn.Identity()
-        )
-        self.out_drop = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma1 = _branch_scale(embed_dims, layer_scale_init_value)
+        self.out_drop = _branch_drop(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the attention branch output (without the residual)."""
@@ -233,10 +241,8 @@ class FFN(nn.Module):
             nn.Linear(feedforward_channels, embed_dims),
             nn.Dropout(ffn_drop),
         )
-        self.gamma2: nn.Module = (
-            LayerScale(embed_dims, layer_scale_init_value) if layer_scale_init_value > 0 else nn.Identity()
-        )
-        self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma2 = _branch_scale(embed_dims, layer_scale_init_value)
+        self.dropout_layer = _branch_drop(drop_path)
 
     def forward(self, x: Tensor, identity: Tensor) -> Tensor:
         """Return ``identity + branch(x)``."""

@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from pretrain_builtins.backbones.vision_transformer import InterpolateMode, OutType, VisionTransformer
 
-__all__ = ["MAEViT", "build_2d_sincos_position_embedding", "num_kept_patches"]
+__all__ = [
+    "MAEViT",
+    "build_2d_sincos_position_embedding",
+    "init_mae_weights",
+    "num_kept_patches",
+    "sincos_pos_embed_for",
+]
 
 
 def build_2d_sincos_position_embedding(
@@ -73,6 +79,31 @@ def build_2d_sincos_position_embedding(
     if cls_token:
         emb = torch.cat([torch.zeros(1, 1, embed_dims, device=device), emb], dim=1)
     return emb
+
+
+def sincos_pos_embed_for(stored: Tensor, built_grid: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """``stored`` (1, 1 + H·W, C) if ``grid`` is the one it was built for, else a fresh sin-cos table.
+
+    The fresh table (cls slot included) lives on ``stored``'s device, in its dtype.
+    """
+    if tuple(grid) == tuple(built_grid):
+        return stored
+    table = build_2d_sincos_position_embedding(
+        grid, stored.shape[-1], cls_token=True, device=stored.device
+    )
+    return table.to(stored.dtype)
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE's ``_init_weights`` over ``module``: Xavier-uniform Linear (zero bias), LayerNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def num_kept_patches(num_patches: int, mask_ratio: float) -> int:
@@ -206,23 +237,11 @@ class MAEViT(VisionTransformer):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a Linear over flattened patches
         assert self.cls_token is not None
         nn.init.normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mae_weights(self)
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The stored embedding for the built grid, else the exact sin-cos table for ``grid``."""
-        if tuple(grid) == tuple(self.patch_resolution):
-            return self.pos_embed
-        table = build_2d_sincos_position_embedding(
-            grid, self.embed_dims, cls_token=True, device=self.pos_embed.device
-        )
-        return table.to(self.pos_embed.dtype)
+        return sincos_pos_embed_for(self.pos_embed, self.patch_resolution, grid)
 
     # ------------------------------------------------------------------ masking
 

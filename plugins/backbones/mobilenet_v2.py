@@ -19,18 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-import torch.utils.checkpoint as cp
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ConvBNAct,
+    FrozenStagesMixin,
     first_issue_error,
     freeze,
     index_issues,
     make_divisible,
-    set_norm_eval,
+    maybe_checkpoint,
 )
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
@@ -84,12 +84,10 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` (B, C_in, H, W)."""
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._inner_forward, x, use_reentrant=False)
-        return self._inner_forward(x)
+        return maybe_checkpoint(self._inner_forward, x, self.with_cp)
 
 
-class MobileNetV2(BaseBackbone):
+class MobileNetV2(FrozenStagesMixin, BaseBackbone):
     """MobileNetV2 backbone; output 7 is the final 1×1 conv (1280 channels at width 1).
 
     Outputs 0..6 are the seven inverted-residual stages (16, 24, 32, 64, 96,
@@ -194,17 +192,4 @@ class MobileNetV2(BaseBackbone):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Return the feature maps of ``out_indices``; ``x`` is (B, 3, H, W)."""
         x = self.conv1(x)  # (B, 32w, H/2, W/2)
-        outs = []
-        for i, name in enumerate(self.layers):
-            x = getattr(self, name)(x)  # (B, C_i, H_i, W_i)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
-
-    def train(self, mode: bool = True) -> MobileNetV2:
-        """Set train/eval mode, keeping frozen stages (and BN with ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            set_norm_eval(self)
-        return self
+        return self._forward_stages(x, self.layers)

@@ -19,18 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ActName,
     ConvBNAct,
+    FrozenStagesMixin,
     SELayer,
     first_issue_error,
     freeze,
     index_issues,
-    set_norm_eval,
+    maybe_checkpoint,
 )
 
 __all__ = ["MobileNetV3", "MobileNetV3Arch", "MobileNetV3InvertedResidual"]
@@ -92,12 +92,10 @@ class MobileNetV3InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` (B, C_in, H, W)."""
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._inner_forward, x, use_reentrant=False)
-        return self._inner_forward(x)
+        return maybe_checkpoint(self._inner_forward, x, self.with_cp)
 
 
-class MobileNetV3(BaseBackbone):
+class MobileNetV3(FrozenStagesMixin, BaseBackbone):
     """MobileNetV3 backbone; by default returns the last layer (576 ch small, 960 ch large).
 
     Layer 0 is the stem (3×3 stride-2 conv, 16 channels, hard-swish), layers
@@ -245,17 +243,4 @@ class MobileNetV3(BaseBackbone):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Return the feature maps of ``out_indices``; ``x`` is (B, 3, H, W)."""
-        outs = []
-        for i, name in enumerate(self.layers):
-            x = getattr(self, name)(x)  # (B, C_i, H_i, W_i)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
-
-    def train(self, mode: bool = True) -> MobileNetV3:
-        """Set train/eval mode, keeping frozen layers (and BN with ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            set_norm_eval(self)
-        return self
+        return self._forward_stages(x, self.layers)

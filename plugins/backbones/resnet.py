@@ -22,7 +22,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
-import torch.utils.checkpoint as cp
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -30,11 +29,12 @@ from pretrain.components import BaseBackbone
 from pretrain_builtins.backbones._layers import (
     ConvBNAct,
     DropPath,
+    FrozenStagesMixin,
     first_issue_error,
     freeze,
     index_issues,
     inherit_args_doc,
-    set_norm_eval,
+    maybe_checkpoint,
 )
 
 __all__ = ["BasicBlock", "Bottleneck", "ResLayer", "ResNet", "ResNetV1c", "ResNetV1d"]
@@ -46,7 +46,40 @@ PositiveInt = Annotated[int, Field(gt=0)]
 ResNetDepth = Literal[18, 34, 50, 101, 152]
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """Shared plumbing of ``BasicBlock`` and ``Bottleneck``.
+
+    Subclasses call :meth:`_init_sizes`, build their convolutions, call
+    :meth:`_init_shortcut`, and define ``_inner_forward`` and ``last_norm``.
+    """
+
+    relu: nn.ReLU
+    with_cp: bool
+
+    def _init_sizes(self, in_channels: int, out_channels: int, expansion: int, with_cp: bool) -> None:
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.expansion = expansion
+        self.mid_channels = out_channels // expansion
+        self.with_cp = with_cp
+
+    def _init_shortcut(self, downsample: nn.Module | None, drop_path_rate: float) -> None:
+        # Registered after the convolutions: keeps the module (and so init/RNG) order.
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.drop_path: nn.Module = (
+            DropPath(drop_path_rate) if drop_path_rate > _DROP_PATH_EPS else nn.Identity()
+        )
+
+    def _inner_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Residual block; ``x`` is (B, C_in, H, W)."""
+        return self.relu(maybe_checkpoint(self._inner_forward, x, self.with_cp))
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3×3 convolutions with an identity (or projected) shortcut; ResNet-18/34.
 
     Args:
@@ -79,11 +112,7 @@ class BasicBlock(nn.Module):
         if expansion != 1:
             raise ValueError(f"BasicBlock expansion must be 1, got {expansion}")
         del style  # no stride placement choice with two 3x3 convs
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.expansion = expansion
-        self.mid_channels = out_channels // expansion
-        self.with_cp = with_cp
+        self._init_sizes(in_channels, out_channels, expansion, with_cp)
         self.conv1 = nn.Conv2d(
             in_channels, self.mid_channels, 3, stride=stride, padding=dilation,
             dilation=dilation, bias=False,
@@ -91,11 +120,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(self.mid_channels)
         self.conv2 = nn.Conv2d(self.mid_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.drop_path: nn.Module = (
-            DropPath(drop_path_rate) if drop_path_rate > _DROP_PATH_EPS else nn.Identity()
-        )
+        self._init_shortcut(downsample, drop_path_rate)
 
     @property
     def last_norm(self) -> nn.BatchNorm2d:
@@ -108,16 +133,8 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))  # (B, C_out, H', W')
         return self.drop_path(out) + identity
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Residual block; ``x`` is (B, C_in, H, W)."""
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._inner_forward, x, use_reentrant=False)
-        else:
-            out = self._inner_forward(x)
-        return self.relu(out)
 
-
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1×1 reduce → 3×3 → 1×1 expand with a shortcut; ResNet-50/101/152.
 
     Args:
@@ -152,11 +169,8 @@ class Bottleneck(nn.Module):
             raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if out_channels % expansion:
             raise ValueError(f"out_channels {out_channels} is not divisible by expansion {expansion}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.expansion = expansion
-        self.mid_channels = mid = out_channels // expansion
-        self.with_cp = with_cp
+        self._init_sizes(in_channels, out_channels, expansion, with_cp)
+        mid = self.mid_channels
         conv1_stride, conv2_stride = (1, stride) if style == "pytorch" else (stride, 1)
         self.conv1 = nn.Conv2d(in_channels, mid, 1, stride=conv1_stride, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
@@ -166,11 +180,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.drop_path: nn.Module = (
-            DropPath(drop_path_rate) if drop_path_rate > _DROP_PATH_EPS else nn.Identity()
-        )
+        self._init_shortcut(downsample, drop_path_rate)
 
     @property
     def last_norm(self) -> nn.BatchNorm2d:
@@ -183,14 +193,6 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))  # (B, C_mid, H', W')
         out = self.bn3(self.conv3(out))  # (B, C_out, H', W')
         return self.drop_path(out) + identity
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Residual block; ``x`` is (B, C_in, H, W)."""
-        if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(self._inner_forward, x, use_reentrant=False)
-        else:
-            out = self._inner_forward(x)
-        return self.relu(out)
 
 
 class ResLayer(nn.Sequential):
@@ -262,7 +264,7 @@ class ResLayer(nn.Sequential):
         super().__init__(*blocks)
 
 
-class ResNet(BaseBackbone):
+class ResNet(FrozenStagesMixin, BaseBackbone):
     """ResNet backbone (V1b: 7×7 stem, stride on the 3×3 conv); returns one map per out index.
 
     ResNet-18 at 224×224 gives (64, 56²), (128, 28²), (256, 14²), (512, 7²) for
@@ -471,20 +473,7 @@ class ResNet(BaseBackbone):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Return the feature maps of ``out_indices``; ``x`` is (B, C_in, H, W)."""
         x = self._forward_stem(x)
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)  # (B, C_i, H_i, W_i)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
-
-    def train(self, mode: bool = True) -> ResNet:
-        """Set train/eval mode, keeping frozen stages (and BN with ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            set_norm_eval(self)
-        return self
+        return self._forward_stages(x, self.res_layers)
 
     # ------------------------------------------------------------------ layer-wise LR decay
 

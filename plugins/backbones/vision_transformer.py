@@ -18,12 +18,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-import torch.utils.checkpoint as cp
 from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain._errors import PretrainError
 from pretrain.components import BaseBackbone
+from pretrain_builtins.backbones._layers import maybe_checkpoint
 from pretrain_builtins.backbones._transformer import (
     FFN,
     LN_EPS,
@@ -394,11 +394,7 @@ class VisionTransformer(BaseBackbone):
 
     def run_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
         """Apply one encoder layer, with activation checkpointing if ``with_cp`` while training."""
-        if self.with_cp and self.training and x.requires_grad:
-            out: Tensor = cp.checkpoint(layer, x, use_reentrant=False)
-            return out
-        result: Tensor = layer(x)
-        return result
+        return maybe_checkpoint(layer, x, self.with_cp and self.training)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """(B, C_in, H, W) images -> one feature per ``out_indices`` entry."""

@@ -23,10 +23,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from pretrain._errors import PretrainError
-from pretrain.engine.data import BaseDataset
+from pretrain_builtins.datasets._in_memory import InMemoryDataset
 
 __all__ = ["CIFAR10", "CIFAR100", "load_numpy_pickle"]
 
@@ -87,7 +86,7 @@ def load_numpy_pickle(path: str | Path) -> Any:
         ) from exc
 
 
-class _CIFAR(BaseDataset):
+class _CIFAR(InMemoryDataset):
     """Shared reader of the CIFAR python-format batches."""
 
     name: ClassVar[str]
@@ -155,31 +154,6 @@ class _CIFAR(BaseDataset):
         if not isinstance(entry, dict):
             raise PretrainError(f"{str(path)!r} does not hold a dict, so it is not a CIFAR file")
         return entry
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    @property
-    def targets(self) -> Tensor:
-        """Labels long (N,)."""
-        return self._labels
-
-    @property
-    def channels(self) -> int:
-        """3 (RGB) unless ``channels = 1``."""
-        return int(self._images.shape[1])
-
-    def load_image(self, index: int) -> Tensor:
-        """Image ``index`` as uint8 (C, 32, 32)."""
-        return self._images[index]
-
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, 32, 32)."""
-        return (self.channels, 32, 32)
-
-    def load_all(self) -> tuple[Tensor, Tensor]:
-        """Every image uint8 (N, C, 32, 32) and labels (N,)."""
-        return self._images, self._labels
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={self.split!r}, {len(self)} images)"

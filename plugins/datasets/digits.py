@@ -25,9 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
 
-from pretrain.engine.data import BaseDataset
+from pretrain_builtins.datasets._in_memory import InMemoryDataset
 
 __all__ = ["DIGITS_FILE", "Digits", "digits_split"]
 
@@ -68,7 +67,7 @@ def digits_split(split: Literal["train", "val", "all"]) -> np.ndarray:
     return np.flatnonzero(is_val if split == "val" else ~is_val)
 
 
-class Digits(BaseDataset):
+class Digits(InMemoryDataset):
     """Handwritten digits 0-9 (UCI, 1,797 8×8 images), bundled: no download, no scikit-learn.
 
     Pixel values 0..16 are scaled to 0..255 and the images upsampled to
@@ -108,31 +107,6 @@ class Digits(BaseDataset):
         images = x.round_().clamp_(0, 255).to(torch.uint8)
         self._images = images.expand(-1, channels, -1, -1).contiguous() if channels else images
         self._labels = torch.from_numpy(labels[rows])
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    @property
-    def targets(self) -> Tensor:
-        """Labels long (N,)."""
-        return self._labels
-
-    @property
-    def channels(self) -> int:
-        """1 unless ``channels = 3`` was asked for."""
-        return int(self._images.shape[1])
-
-    def load_image(self, index: int) -> Tensor:
-        """Image ``index`` as uint8 (C, S, S)."""
-        return self._images[index]
-
-    def image_shape(self) -> tuple[int, int, int]:
-        """Every image is (C, image_size, image_size)."""
-        return (self.channels, self.image_size, self.image_size)
-
-    def load_all(self) -> tuple[Tensor, Tensor]:
-        """All images uint8 (N, C, S, S) and labels (N,)."""
-        return self._images, self._labels
 
     def __repr__(self) -> str:
         return f"Digits(split={self.split!r}, {len(self)} images, {self.image_size}px)"

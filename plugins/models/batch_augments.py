@@ -74,10 +74,14 @@ class Mixup(BaseBatchAugment):
         _check(inputs, targets, type(self).__name__)
         lam = sample_beta(self.alpha)
         perm = torch.randperm(inputs.shape[0], device=inputs.device)
+        mixed_inputs, lam = self.mix_inputs(inputs, perm, lam)  # (N, C, H, W)
         targets = targets.float()
-        mixed_inputs = lam * inputs + (1 - lam) * inputs[perm]  # (N, C, H, W)
         mixed_targets = lam * targets + (1 - lam) * targets[perm]  # (N, K)
         return mixed_inputs, mixed_targets
+
+    def mix_inputs(self, inputs: Tensor, perm: Tensor, lam: float) -> tuple[Tensor, float]:
+        """Blend ``inputs`` with ``inputs[perm]`` by ``lam``; return them and the targets' λ."""
+        return lam * inputs + (1 - lam) * inputs[perm], lam
 
     def extra_repr(self) -> str:
         """Show ``alpha``."""
@@ -145,19 +149,9 @@ class CutMix(Mixup):
             lam = 1.0 - (y2 - y1) * (x2 - x1) / float(height * width)
         return (y1, y2, x1, x2), lam
 
-    def forward(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(inputs, targets)`` with a box of each image replaced by another's.
-
-        Args:
-            inputs: Float images (N, C, H, W).
-            targets: Dense targets (N, K).
-
-        """
-        _check(inputs, targets, type(self).__name__)
-        lam = sample_beta(self.alpha)
-        perm = torch.randperm(inputs.shape[0], device=inputs.device)
+    def mix_inputs(self, inputs: Tensor, perm: Tensor, lam: float) -> tuple[Tensor, float]:
+        """Replace a box of each image by ``inputs[perm]``'s; return them and the box's λ."""
         (y1, y2, x1, x2), lam = self.box(inputs.shape[-2], inputs.shape[-1], lam)
         mixed = inputs.clone()
         mixed[:, :, y1:y2, x1:x2] = inputs[perm, :, y1:y2, x1:x2]
-        targets = targets.float()
-        return mixed, lam * targets + (1 - lam) * targets[perm]  # (N, C, H, W), (N, K)
+        return mixed, lam  # (N, C, H, W)

@@ -20,7 +20,11 @@ from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
 from pretrain_builtins.backbones._transformer import LN_EPS, TransformerEncoderLayer
-from pretrain_builtins.backbones.mae_vit import build_2d_sincos_position_embedding
+from pretrain_builtins.backbones.mae_vit import (
+    build_2d_sincos_position_embedding,
+    init_mae_weights,
+    sincos_pos_embed_for,
+)
 
 __all__ = ["MAEPretrainDecoder"]
 
@@ -131,14 +135,7 @@ class MAEPretrainDecoder(BaseNeck):
             build_2d_sincos_position_embedding(self.grid, self.decoder_embed_dim, cls_token=True)
         )
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mae_weights(self)
 
     def pos_embed_for(self, length: int, grid: tuple[int, int] | None) -> Tensor:
         """Decoder position embedding (1, 1 + L, C) for ``L`` patches laid out as ``grid``."""
@@ -154,12 +151,7 @@ class MAEPretrainDecoder(BaseNeck):
                 grid = (side, side)
         if grid[0] * grid[1] != length:
             raise ValueError(f"grid {grid} does not hold {length} patches")
-        if tuple(grid) == self.grid:
-            return self.decoder_pos_embed
-        table = build_2d_sincos_position_embedding(
-            grid, self.decoder_embed_dim, cls_token=True, device=self.decoder_pos_embed.device
-        )
-        return table.to(self.decoder_pos_embed.dtype)
+        return sincos_pos_embed_for(self.decoder_pos_embed, self.grid, grid)
 
     def example_inputs(self, batch_size: int) -> tuple[Any, ...]:
         """MAEViT-like input for the conformance kit: ``((latent, mask, ids_restore),)``."""

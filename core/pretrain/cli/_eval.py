@@ -59,7 +59,7 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
     from pretrain.engine.data import build_loaders
     from pretrain.engine.distributed import init_distributed
     from pretrain.engine.spec import EvalSection
-    from pretrain.engine.trainer import evaluate_model, model_num_classes
+    from pretrain.engine.trainer import evaluate_model, load_weights, model_num_classes
 
     data = spec.sections.get("data")
     if data is None or data.val is None:
@@ -70,14 +70,7 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
     info = init_distributed(device or (train.device if train is not None else "auto"))
     model = build_node(spec.model, init=False).to(info.device)
     tensors, _ = ckpt.load_tensors(weights)
-    result = model.load_state_dict(tensors, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ckpt.CheckpointError(
-            f"the weights in {weights} do not fit the spec's model: missing "
-            f"{list(result.missing_keys)[:4]}, unexpected {list(result.unexpected_keys)[:4]}",
-            hint="Evaluate with the spec the weights were trained with (the run directory's "
-            "spec.toml).",
-        )
+    load_weights(model, tensors, weights)
     channels_last = bool(train is not None and train.channels_last and info.device.type != "mps")
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -51,7 +51,7 @@ from pretrain.engine.rundir import RunDir
 from pretrain.engine.schedule import build_schedule
 from pretrain.engine.spec import EvalSection, TrainSection
 
-__all__ = ["NonFiniteLossError", "RunState", "Trainer", "evaluate_model", "model_num_classes"]
+__all__ = ["NonFiniteLossError", "RunState", "Trainer", "evaluate_model", "load_weights", "model_num_classes"]
 
 _PLOT_EVERY_S = 10.0
 
@@ -549,10 +549,10 @@ class Trainer:
         def part(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        _load_state_dict(self.model, part("model."), path)
+        load_weights(self.model, part("model."), path)
         if self.ema is not None:
             ema_state = part("ema.")
-            _load_state_dict(self.ema.module, ema_state or part("model."), path)
+            load_weights(self.ema.module, ema_state or part("model."), path)
             self.ema.updates = int(doc.get("ema_updates", 0))
         # Hyper-parameters (lr, momentum, ...) come from the spec, so a resumed run may
         # change them; only the optimizer's state (moments, step counts) is restored.
@@ -596,7 +596,8 @@ class Trainer:
         )
 
 
-def _load_state_dict(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+def load_weights(module: nn.Module, state: dict[str, Tensor], path: Path | str) -> None:
+    """Load ``state`` into ``module`` exactly (every key, every shape) or raise a CheckpointError."""
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -285,6 +285,14 @@ def _check_model(subject: Subject, inst: Any, args: tuple[Any, ...]) -> None:
         raise subject.fail(name, f"predict()['labels'] is {shape_of(labels)}", "Return int64 labels of shape (N,).")
 
 
+def _first_difference(first: list[Tensor], second: list[Tensor]) -> tuple[int, float] | None:
+    """``(index, max diff)`` of the first output pair that is not bitwise equal, else None."""
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        if not close(a, b, exact=True):
+            return i, max_diff(a, b)
+    return None
+
+
 def check_deterministic_eval(subject: Subject) -> None:
     """Two eval-mode calls on the same input give identical outputs."""
     inst = subject.build()
@@ -292,13 +300,13 @@ def check_deterministic_eval(subject: Subject) -> None:
     inst.eval()
     first = call(subject, "check_deterministic_eval", "the eval call", lambda: eval_output(subject, inst, args))
     second = eval_output(subject, inst, args)  # RNG state moved on: random eval behaviour shows
-    for i, (a, b) in enumerate(zip(tensors(first), tensors(second), strict=True)):
-        if not close(a, b, exact=True):
-            raise subject.fail(
-                "check_deterministic_eval",
-                f"two eval-mode calls on the same input differ (output {i}, max diff {max_diff(a, b):.3g})",
-                "Sample randomness only when self.training is true (dropout, drop-path, masking, noise).",
-            )
+    diff = _first_difference(tensors(first), tensors(second))
+    if diff is not None:
+        raise subject.fail(
+            "check_deterministic_eval",
+            f"two eval-mode calls on the same input differ (output {diff[0]}, max diff {diff[1]:.3g})",
+            "Sample randomness only when self.training is true (dropout, drop-path, masking, noise).",
+        )
 
 
 def check_batch_independence(subject: Subject) -> None:
@@ -351,13 +359,13 @@ def check_state_dict_roundtrip(subject: Subject) -> None:
         torch.manual_seed(3)
         run_eval = functools.partial(eval_output, subject, module, args)
         outs.append(tensors(call(subject, name, "the eval call", run_eval)))
-    for i, (a, b) in enumerate(zip(*outs, strict=True)):
-        if not close(a, b, exact=True):
-            raise subject.fail(
-                name, f"after loading the weights, output {i} differs by {max_diff(a, b):.3g}",
-                "State that affects the output must be a parameter or a persistent buffer "
-                "(or derived from the config), so that checkpoints restore it.",
-            )
+    diff = _first_difference(*outs)
+    if diff is not None:
+        raise subject.fail(
+            name, f"after loading the weights, output {diff[0]} differs by {diff[1]:.3g}",
+            "State that affects the output must be a parameter or a persistent buffer "
+            "(or derived from the config), so that checkpoints restore it.",
+        )
 
 
 def check_gradients(subject: Subject) -> None:
