@@ -20,8 +20,10 @@ Usage::
     python bench/linear_probe.py                      # pretrain, then probe (seeds 0 1 2)
     python bench/linear_probe.py --mae-weights runs/mae_vit-tiny_digits/checkpoints/last.safetensors
     python bench/linear_probe.py --mae-set train.epochs=60 --probe-epochs 50 --json
+    python bench/linear_probe.py --finetune           # also fine-tune both ways (same seeds)
 
-About 2-4 minutes on 2 idle CPU cores with the defaults.
+About 4 minutes on 2 idle CPU cores with the defaults (8 with --finetune); measured
+results are in docs/selfsup.md.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MAE_SPEC = ROOT / "examples" / "specs" / "mae_vit-tiny_digits.toml"
 PROBE_SPEC = ROOT / "examples" / "specs" / "vit-tiny_digits_linear_probe.toml"
+FINETUNE_SPEC = ROOT / "examples" / "specs" / "vit-tiny_digits_finetune.toml"
 PRETRAIN = [sys.executable, "-m", "pretrain"]
 
 
@@ -60,18 +63,18 @@ def train(
     return [json.loads(line) for line in lines if line.strip()], wall
 
 
-def probe_spec(work: Path, weights: Path | None) -> Path:
-    """The linear-probe spec as JSON: the MAE checkpoint at ``weights``, or no Pretrained rule."""
+def transfer_spec(source: Path, work: Path, weights: Path | None) -> Path:
+    """``source`` as JSON: the backbone from the MAE checkpoint ``weights``, or no Pretrained rule."""
     from pretrain import load_spec
 
-    raw = load_spec(str(PROBE_SPEC))
+    raw = load_spec(str(source))
     backbone = raw["model"]["backbone"]
     if weights is None:
         backbone.pop("init", None)
-        path = work / "probe_random.json"
+        path = work / f"{source.stem}_random.json"
     else:
         backbone["init"] = [{"type": "Pretrained", "checkpoint": str(weights.resolve()), "prefix": "backbone."}]
-        path = work / "probe_mae.json"
+        path = work / f"{source.stem}_mae.json"
     path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
     return path
 
@@ -91,6 +94,8 @@ def main() -> int:
                         help="override in the probe spec, applied to both arms")
     parser.add_argument("--probe-epochs", type=int, default=None, help="probe epochs (default: the spec's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune (vit-tiny_digits_finetune.toml) both ways, same seeds")
     parser.add_argument("--work-dir", type=Path, help="keep runs here (default: a temporary directory)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
@@ -117,30 +122,44 @@ def main() -> int:
         overrides = list(args.probe_set)
         if args.probe_epochs is not None:
             overrides.append(f"train.epochs={args.probe_epochs}")
-        specs = {"mae": probe_spec(work, weights), "random": probe_spec(work, None)}
-        arms: dict[str, dict[str, list[float]]] = {name: {"final": [], "best": []} for name in specs}
-        start = time.perf_counter()
-        for seed in args.seeds:
-            for name, spec in specs.items():
-                history, wall = train(spec, work / f"probe_{name}_{seed}", overrides, seed=seed)
-                final = history[-1]["accuracy/top1"]
-                best = max(r["accuracy/top1"] for r in history if "accuracy/top1" in r)
-                arms[name]["final"].append(final)
-                arms[name]["best"].append(best)
-                print(f"probe {name:6s} seed {seed}: val top-1 {final:.2f} (best {best:.2f}) "
-                      f"in {wall:.1f} s", file=sys.stderr)
-        result["probe"] = {
-            "epochs": len(history), "wall_s": round(time.perf_counter() - start, 1),
-            **{name: {k: [round(v, 2) for v in vals] for k, vals in arm.items()} for name, arm in arms.items()},
-        }
+        result["probe"] = compare("probe", PROBE_SPEC, work, weights, args.seeds, overrides)
+        if args.finetune:
+            result["finetune"] = compare("finetune", FINETUNE_SPEC, work, weights, args.seeds, [])
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"\nlinear probe on digits val (359 images), {len(history)} epochs, seeds {args.seeds}")
-    print(f"{'backbone':<22}{'final top-1 %':>16}{'best top-1 %':>16}")
-    for name, label in (("mae", "MAE-pretrained"), ("random", "random init")):
-        print(f"{label:<22}{summary(arms[name]['final']):>16}{summary(arms[name]['best']):>16}")
+    for key, title in (("probe", "linear probe"), ("finetune", "fine-tuning")):
+        if key not in result:
+            continue
+        res = result[key]
+        print(f"\n{title} on digits val (359 images), {res['epochs']} epochs, seeds {args.seeds}")
+        print(f"{'backbone':<22}{'final top-1 %':>16}{'best top-1 %':>16}")
+        for name, label in (("mae", "MAE-pretrained"), ("random", "random init")):
+            print(f"{label:<22}{summary(res[name]['final']):>16}{summary(res[name]['best']):>16}")
     return 0
+
+
+def compare(
+    label: str, source: Path, work: Path, weights: Path, seeds: list[int], overrides: list[str]
+) -> dict[str, Any]:
+    """Train ``source`` with the MAE backbone and with a random one, per seed; val top-1 per run."""
+    specs = {"mae": transfer_spec(source, work, weights), "random": transfer_spec(source, work, None)}
+    arms: dict[str, dict[str, list[float]]] = {name: {"final": [], "best": []} for name in specs}
+    start, epochs = time.perf_counter(), 0
+    for seed in seeds:
+        for name, spec in specs.items():
+            history, wall = train(spec, work / f"{label}_{name}_{seed}", overrides, seed=seed)
+            final = history[-1]["accuracy/top1"]
+            best = max(r["accuracy/top1"] for r in history if "accuracy/top1" in r)
+            arms[name]["final"].append(final)
+            arms[name]["best"].append(best)
+            epochs = len(history)
+            print(f"{label} {name:6s} seed {seed}: val top-1 {final:.2f} (best {best:.2f}) "
+                  f"in {wall:.1f} s", file=sys.stderr)
+    return {
+        "epochs": epochs, "wall_s": round(time.perf_counter() - start, 1),
+        **{name: {k: [round(v, 2) for v in vals] for k, vals in arm.items()} for name, arm in arms.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
     from pretrain.engine.data import build_loaders
     from pretrain.engine.distributed import init_distributed
     from pretrain.engine.spec import EvalSection
-    from pretrain.engine.trainer import evaluate_model, load_weights, model_num_classes
+    from pretrain.engine.trainer import evaluate_loss, evaluate_model, load_weights, model_num_classes
 
     data = spec.sections.get("data")
     if data is None or data.val is None:
@@ -75,13 +75,18 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
     if channels_last:
         model.to(memory_format=torch.channels_last)
     num_classes = model_num_classes(model)
-    if num_classes is None:
-        raise PretrainError(f"{type(model).__name__} has no num_classes; it cannot be scored")
     loaders = build_loaders(
         data, device=info.device, distributed=info.distributed, rank=info.rank,
         world_size=info.world_size, seed=train.seed if train is not None else 0,
         num_classes=num_classes, in_channels=getattr(model, "in_channels", None), splits=("val",),
     )
+    if num_classes is None:  # self-supervised: the validation loss (e.g. MAE reconstruction)
+        metrics = evaluate_loss(
+            model, loaders.val, device=info.device, precision=train.precision if train is not None else "fp32",
+            channels_last=channels_last, dist_info=info,
+        )
+        metrics["weights"] = str(weights)
+        return metrics
     metrics = evaluate_model(
         model, loaders.val, topk=eval_cfg.topk, num_classes=num_classes, device=info.device,
         precision=train.precision if train is not None else "fp32",
@@ -120,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(console: Any, metrics: dict[str, Any]) -> None:
+    if "val_loss" in metrics:
+        console.print(f"{metrics['weights']}: val_loss {metrics['val_loss']:.4f} on {metrics['num_samples']} images")
+        return
     from rich.table import Table
 
     table = Table(title=f"per-class accuracy ({metrics['num_samples']} images)")

@@ -100,6 +100,7 @@ def reconstruct_images(
     from pretrain._errors import PretrainError
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
+    from pretrain.engine.trainer import load_weights
 
     data = spec.sections.get("data")
     if data is None:
@@ -120,13 +121,7 @@ def reconstruct_images(
             "reconstruct(images) method returning input, masked, reconstruction and mask).",
         )
     tensors, _ = ckpt.load_tensors(weights)
-    result = model.load_state_dict(tensors, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ckpt.CheckpointError(
-            f"the weights in {weights} do not fit the spec's model: missing "
-            f"{list(result.missing_keys)[:4]}, unexpected {list(result.unexpected_keys)[:4]}",
-            hint="Use the spec the weights were trained with (the run directory's spec.toml).",
-        )
+    load_weights(model, tensors, weights)  # every key and shape, or a CheckpointError
     model.to(dev).eval()
     # Evaluation loader over the chosen split: fixed order, fixed augmentation seed.
     section = dataclasses.replace(data, train=None, val=chosen)

@@ -91,10 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _summary(console: Any, trainer: Any, record: dict[str, Any], wall: float) -> None:
     st, rd = trainer.state, trainer.run
-    metrics = ", ".join(f"{k} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/"))
+    metrics = ", ".join(
+        f"{k} {v:.4g}" if k == "val_loss" else f"{k} {v:.2f}"
+        for k, v in record.items()
+        if k.startswith("accuracy/") or k == "val_loss"
+    )
     best = ""
     if st.best is not None:
-        best = f" (best {trainer.cfg.best_metric} {st.best:.2f} at epoch {st.best_epoch})"
+        best = f" (best {trainer.best_metric[0]} {st.best:.4g} at epoch {st.best_epoch})"
     console.print(
         f"[bold green]done[/] in {wall:.1f} s: epoch {st.epoch}, step {st.step}, "
         f"train_loss {record.get('train_loss', float('nan')):.4f}"

@@ -139,6 +139,8 @@ class ProgressReporter:
             return
         parts = [f"epoch {record['epoch']}/{self.epochs}", f"train_loss {record['train_loss']:.4f}"]
         parts += [f"{k} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/")]
+        if "val_loss" in record:
+            parts.append(f"val_loss {record['val_loss']:.4f}")
         parts.append(f"lr {record['lr']:.3e}")
         parts.append(f"{record.get('epoch_time_s', 0.0):.1f}s")
         self.console.print(" | ".join(parts), highlight=False, soft_wrap=True)

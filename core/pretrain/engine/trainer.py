@@ -51,7 +51,15 @@ from pretrain.engine.rundir import RunDir
 from pretrain.engine.schedule import build_schedule
 from pretrain.engine.spec import EvalSection, TrainSection
 
-__all__ = ["NonFiniteLossError", "RunState", "Trainer", "evaluate_model", "load_weights", "model_num_classes"]
+__all__ = [
+    "NonFiniteLossError",
+    "RunState",
+    "Trainer",
+    "evaluate_loss",
+    "evaluate_model",
+    "load_weights",
+    "model_num_classes",
+]
 
 _PLOT_EVERY_S = 10.0
 
@@ -136,6 +144,37 @@ def evaluate_model(
     return meter.compute(dist_info)
 
 
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, batches: Iterator[tuple[Any, Tensor]] | Any, *, device: torch.device,
+    precision: str = "fp32", channels_last: bool = False, dist_info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Mean validation ``loss`` of a model without dataset classes (self-supervised).
+
+    Runs under a forked RNG seeded with 0: random masking/views are the same on every
+    call, and the training RNG stream is untouched (bitwise resume stays exact).
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss * n, n)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(0)
+        for inputs, labels in batches:
+            with autocast_context(device, precision):
+                loss_fn: Any = model.loss
+                loss = loss_fn(_to_memory_format(inputs, channels_last), labels)["loss"]
+            n = labels.shape[0]
+            total += torch.stack([loss.detach().double() * n, torch.tensor(float(n), device=device)])
+    model.train(was_training)
+    if dist_info is not None and dist_info.distributed:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(total)
+    loss_sum, count = total.tolist()
+    return {"val_loss": loss_sum / max(count, 1.0), "num_samples": int(count)}
+
+
 class Trainer:
     """Trains a validated spec's model; one instance per run.
 
@@ -211,13 +250,12 @@ class Trainer:
         )
         if self.loaders.train is None:
             raise PretrainError("data: no training data", hint="Add a [data.train] table.")
-        if self.loaders.val is not None and self.num_classes is None:
-            if d.is_main:
-                self.console.print(
-                    f"[yellow]note:[/] {type(model).__name__} predicts no dataset classes "
-                    "(num_classes is None, e.g. self-supervised), so data.val is not scored"
-                )
-            self.loaders.val = None
+        if self.loaders.val is not None and self.num_classes is None and d.is_main:
+            self.console.print(
+                f"[yellow]note:[/] {type(model).__name__} predicts no dataset classes "
+                "(num_classes is None, e.g. self-supervised): data.val reports val_loss, "
+                "and the best checkpoint is the lowest val_loss"
+            )
         n_batches = len(self.loaders.train)
         self.steps_per_epoch = -(-n_batches // cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -441,13 +479,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch end
 
+    @property
+    def best_metric(self) -> tuple[str, str]:
+        """``(metric, "max"|"min")`` that picks the best checkpoint; lowest val_loss without classes."""
+        return (self.cfg.best_metric, self.cfg.best_mode) if self.num_classes is not None else ("val_loss", "min")
+
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics of the evaluated weights (the EMA when it is evaluated)."""
-        assert self.loaders.val is not None and self.num_classes is not None
+        assert self.loaders.val is not None
         model = self.ema.module if self.ema is not None and self.ema.cfg.evaluate else self.model
         # BatchNorm statistics drift apart across DDP ranks between forwards; score (and
         # save) rank 0's, so every rank evaluates the weights in the checkpoint.
         broadcast_buffers(model, self.dist)
+        if self.num_classes is None:
+            return evaluate_loss(
+                model, self.loaders.val, device=self.device, precision=self.cfg.precision,
+                channels_last=self.channels_last, dist_info=self.dist,
+            )
         return evaluate_model(
             model, self.loaders.val, topk=self.eval_cfg.topk, num_classes=self.num_classes,
             device=self.device, precision=self.cfg.precision, channels_last=self.channels_last,
@@ -466,15 +514,17 @@ class Trainer:
         self.last_eval: dict[str, Any] | None = None
         if self.loaders.val is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or last_epoch):
             self.last_eval = self.evaluate()
-            record.update({k: v for k, v in self.last_eval.items() if k.startswith("accuracy/")})
+            record.update(
+                {k: v for k, v in self.last_eval.items() if k.startswith("accuracy/") or k == "val_loss"}
+            )
         record["epoch_time_s"] = round(self._epoch_time, 3)
         record["images_per_s"] = round(self._epoch_images / max(self._epoch_time, 1e-9), 1)
         st.history.append(record)
         st.epoch, st.step_in_epoch, st.loss_sum, st.loss_count = epoch + 1, 0, 0.0, 0
-        value = record.get(cfg.best_metric)
-        better = value is not None and (
-            st.best is None or (value > st.best if cfg.best_mode == "max" else value < st.best)
-        )
+        # Models without classes (self-supervised) keep the lowest validation loss.
+        metric, mode = self.best_metric
+        value = record.get(metric)
+        better = value is not None and (st.best is None or (value > st.best if mode == "max" else value < st.best))
         if better:
             st.best, st.best_epoch = value, epoch + 1
         self._save_checkpoint(best=better, record=record)
