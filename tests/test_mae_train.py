@@ -104,6 +104,21 @@ def test_mae_pretraining_loss_falls(mae_run: Path) -> None:
     weights = load_file(str(mae_run / MAE_WEIGHTS))
     assert any(k.startswith("backbone.layers.") for k in weights)
     assert any(k.startswith("neck.decoder_blocks.") for k in weights)
+    # data.val is scored by the reconstruction loss; the best checkpoint has the lowest.
+    val = [r["val_loss"] for r in history]
+    assert val[-1] < val[0], val
+    assert (run / "checkpoints" / "best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_validation_reconstruction_loss(mae_run: Path) -> None:
+    run = mae_run / "runs" / "mae_vit-tiny_digits"
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    proc = _cli("eval", str(MAE_SPEC), "--weights", str(MAE_WEIGHTS), "--json", cwd=mae_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    assert metrics["num_samples"] == 359
+    assert metrics["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6)  # same fixed masks
 
 
 # ----------------------------------------------------------------------------- transfer

@@ -95,6 +95,9 @@ class BaseSelfSupervisor(BaseModel):
 
     mean: Tensor
     std: Tensor
+    #: Pretext tasks predict no dataset classes, whatever their head's ``num_classes``
+    #: (rotations, prototypes): the trainer scores them by ``val_loss`` instead.
+    num_classes: int | None = None
 
     def __init__(
         self,

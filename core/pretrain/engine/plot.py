@@ -26,6 +26,14 @@ def _series(history: Sequence[dict[str, Any]]) -> tuple[list[float], dict[str, l
     return epochs, metrics
 
 
+def _losses(history: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """``train_loss``, and ``val_loss`` when the run has one (self-supervised validation)."""
+    out = {"train_loss": [float(r["train_loss"]) for r in history]}
+    if any("val_loss" in r for r in history):
+        out["val_loss"] = [float(r.get("val_loss", float("nan"))) for r in history]
+    return out
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
                 backend: str = "auto") -> str:
     """Write the curves of ``history`` (metrics.jsonl records) to ``path``.
@@ -60,10 +68,12 @@ def _matplotlib_png(history: Sequence[dict[str, Any]]) -> bytes:
     epochs, metrics = _series(history)
     fig = Figure(figsize=(10, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [r["train_loss"] for r in history], marker="o", ms=3, label="train_loss")
+    for key, values in _losses(history).items():
+        ax1.plot(epochs, values, marker="o", ms=3, label=key)
     ax1.set_xlabel("epoch")
-    ax1.set_title("train loss")
+    ax1.set_title("loss")
     ax1.grid(alpha=0.3)
+    ax1.legend(loc="upper right")
     for key, values in metrics.items():
         ax2.plot(epochs, values, marker="o", ms=3, label=key)
     ax2.set_xlabel("epoch")
@@ -88,7 +98,7 @@ def _pillow_png(history: Sequence[dict[str, Any]]) -> bytes:
     img = Image.new("RGB", (2 * panel_w, h), "white")
     draw = ImageDraw.Draw(img)
     panels = [
-        ("train loss", {"train_loss": [float(r["train_loss"]) for r in history]}),
+        ("loss", _losses(history)),
         ("validation (%)", metrics),
     ]
     for p, (title, series) in enumerate(panels):
