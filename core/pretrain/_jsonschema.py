@@ -7,7 +7,7 @@ from typing import Any
 from pretrain._errors import PluginLoadError
 from pretrain._kinds import KINDS
 from pretrain._registry import EntryRecord, Registry, get_registry
-from pretrain._schema import ComponentSchema, check_component_contract, component_schema
+from pretrain._schema import ComponentSchema, component_schema
 
 __all__ = ["component_json_schema", "spec_json_schema"]
 
@@ -62,7 +62,6 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     components are left out and listed under ``x-broken-components``.
     """
     registry = registry or get_registry()
-    registry.validator = registry.validator or check_component_contract
     defs: dict[str, Any] = {}
     broken: list[str] = []
     for kind in KINDS:

@@ -120,14 +120,14 @@ class Registry:
         strict: Raise on the first broken component instead of recording it.
             ``None`` follows ``PRETRAIN_STRICT_PLUGINS``.
         validator: Called as ``validator(record, obj)`` after import; raises
-            ``TypeError`` when ``obj`` breaks its kind's contract. The core installs
-            one that checks the class and derives its schema.
+            ``TypeError`` when ``obj`` breaks its kind's contract. Defaults to the
+            core's contract check (class of the right kind with a derivable schema).
 
     """
 
     autoload: bool | None = None
     strict: bool | None = None
-    validator: Callable[[EntryRecord, Any], None] | None = None
+    validator: Callable[[EntryRecord, Any], None] | None = field(default_factory=lambda: _check_contract)
     _scanned: list[EntryRecord] | None = field(default=None, repr=False)
     _plugin_eps: list[EntryRecord] | None = field(default=None, repr=False)
     _runtime: dict[tuple[str, str, str], _Runtime] = field(default_factory=dict, repr=False)
@@ -392,6 +392,13 @@ class Registry:
         found = {(r.distribution, r.version) for r in self.entries()}
         found |= {(r.distribution, r.version) for r in self.plugin_entry_points()}
         return sorted(found, key=lambda d: (normalize_dist(d[0]) != BUILTIN_DISTRIBUTION, d[0]))
+
+
+def _check_contract(record: EntryRecord, obj: Any) -> None:
+    # Imported on first load, not at listing time: the check needs pydantic (and torch).
+    from pretrain._schema import check_component_contract
+
+    check_component_contract(record, obj)
 
 
 def _import_value(value: str, *, allow_module: bool = False) -> Any:

@@ -19,7 +19,6 @@ from pretrain._schema import (
     RESERVED_FIELDS,
     ComponentSchema,
     SchemaDerivationError,
-    check_component_contract,
     component_schema,
 )
 
@@ -118,8 +117,6 @@ class ValidationContext:
 
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry or get_registry()
-        if self.registry.validator is None:
-            self.registry.validator = check_component_contract
         self.issues: list[SpecIssue] = []
 
     def add(self, loc: str, msg: str) -> None:

@@ -50,10 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from pretrain._jsonschema import component_json_schema
     from pretrain._plugins import load_plugins
     from pretrain._registry import get_registry
-    from pretrain._schema import check_component_contract, component_schema
+    from pretrain._schema import component_schema
 
     registry = get_registry()
-    registry.validator = registry.validator or check_component_contract
     load_plugins(registry)
     kind, record = _find(args.name, args.kind)
     cls = registry.load(record)

@@ -34,9 +34,7 @@ def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
     registry = get_registry()
     if details:
         from pretrain._plugins import load_plugins
-        from pretrain._schema import check_component_contract
 
-        registry.validator = registry.validator or check_component_contract
         load_plugins(registry)
     rows: list[dict[str, Any]] = []
     for record in registry.entries(kind):

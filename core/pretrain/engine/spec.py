@@ -93,30 +93,29 @@ class SGDConfig(_Strict):
         return self
 
 
-class AdamWConfig(_Strict):
+class _AdamFields(_Strict):
+    """Fields shared by Adam and AdamW (they differ only in how weight decay applies)."""
+
+    lr: PositiveFloat = Field(description="Base learning rate.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default=(0.9, 0.999), description="Coefficients of the running averages."
+    )
+    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
+    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
+
+
+class AdamWConfig(_AdamFields):
     """``torch.optim.AdamW`` (decoupled weight decay)."""
 
     type: Literal["AdamW"]
-    lr: PositiveFloat = Field(description="Base learning rate.")
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default=(0.9, 0.999), description="Coefficients of the running averages."
-    )
-    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
     weight_decay: NonNegFloat = Field(default=0.01, description="Decoupled weight decay.")
-    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
 
 
-class AdamConfig(_Strict):
+class AdamConfig(_AdamFields):
     """``torch.optim.Adam``."""
 
     type: Literal["Adam"]
-    lr: PositiveFloat = Field(description="Base learning rate.")
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default=(0.9, 0.999), description="Coefficients of the running averages."
-    )
-    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
     weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
-    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
 
 
 class RMSpropConfig(_Strict):
