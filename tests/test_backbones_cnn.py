@@ -19,11 +19,11 @@ from pretrain import SpecError
 from pretrain._build import build_from_spec
 from pretrain._schema import component_schema
 from pretrain.testing import parametrize_with_checks
-from pretrain_builtins.backbones._layers import DropPath, make_divisible
 from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
 from pretrain_builtins.backbones.mobilenet_v3 import MobileNetV3
 from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
 from pretrain_builtins.backbones.resnet_cifar import ResNet_CIFAR
+from pretrain_builtins.layers import DropPath, make_divisible
 
 
 def n_params(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.cli._convert import convert_file, family_of, load_state_dict
 from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
 from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d

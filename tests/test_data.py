@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from pretrain._build import build_from_spec
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain._validate import ValidationContext
 from pretrain.engine.data import (
     BaseDataset,

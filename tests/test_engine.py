@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain._validate import ValidationContext
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.metrics import AccuracyMeter

@@ -28,11 +28,11 @@ __all__ = [
 ]
 
 _LAZY: dict[str, str] = {
-    "ComponentLookupError": "pretrain._errors",
-    "PluginLoadError": "pretrain._errors",
-    "PretrainError": "pretrain._errors",
-    "SpecError": "pretrain._errors",
-    "SpecIssue": "pretrain._errors",
+    "ComponentLookupError": "pretrain.errors",
+    "PluginLoadError": "pretrain.errors",
+    "PretrainError": "pretrain.errors",
+    "SpecError": "pretrain.errors",
+    "SpecIssue": "pretrain.errors",
     "Registry": "pretrain._registry",
     "get_registry": "pretrain._registry",
     "hookimpl": "pretrain.hookspecs",
@@ -44,7 +44,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from pretrain._build import build, build_model
-    from pretrain._errors import (
+    from pretrain.errors import (
         ComponentLookupError,
         PluginLoadError,
         PretrainError,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pretrain._errors import PretrainError, SpecError
+from pretrain.errors import PretrainError, SpecError
 from pretrain._spec import load_spec
 from pretrain._validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pretrain._errors import PluginLoadError
+from pretrain.errors import PluginLoadError
 from pretrain._kinds import KINDS
 from pretrain._registry import EntryRecord, Registry, get_registry
 from pretrain._schema import ComponentSchema, component_schema

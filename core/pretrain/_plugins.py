@@ -8,7 +8,7 @@ from typing import Any
 import pluggy
 
 from pretrain import hookspecs
-from pretrain._errors import PluginLoadError
+from pretrain.errors import PluginLoadError
 from pretrain._registry import EntryRecord, Registry, _import_value, get_registry
 
 __all__ = ["get_plugin_manager", "load_plugins", "reset_plugin_manager"]

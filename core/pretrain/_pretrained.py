@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 if TYPE_CHECKING:
     from rich.console import Console

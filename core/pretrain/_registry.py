@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pretrain._errors import ComponentLookupError, PluginLoadError
+from pretrain.errors import ComponentLookupError, PluginLoadError
 from pretrain._kinds import KINDS, PLUGIN_GROUP, kind_of_group
 
 __all__ = [

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain._errors import PretrainError, SpecIssue
+from pretrain.errors import PretrainError, SpecIssue
 from pretrain._validate import ComponentNode, ValidatedSpec
 
 __all__ = ["ShapeReport", "check_model"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import tomllib
 
-from pretrain._errors import SpecError, SpecIssue
+from pretrain.errors import SpecError, SpecIssue
 
 __all__ = ["apply_override", "load_spec", "merge_specs", "parse_override", "read_spec_file"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pretrain._errors import ComponentLookupError, PluginLoadError, SpecError, SpecIssue
+from pretrain.errors import ComponentLookupError, PluginLoadError, SpecError, SpecIssue
 from pretrain._registry import EntryRecord, Registry, get_registry
 from pretrain._schema import (
     RESERVED_FIELDS,

@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain._pretrained import LoadReport, load_pretrained
 
 if TYPE_CHECKING:

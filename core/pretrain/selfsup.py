@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import (
     BackboneRef,
     BaseModel,

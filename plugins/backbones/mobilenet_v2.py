@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseBackbone
-from pretrain_builtins.backbones._layers import (
+from pretrain_builtins.layers import (
     ConvBNAct,
     FrozenStagesMixin,
     first_issue_error,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from pretrain.components import BaseBackbone
-from pretrain_builtins.backbones._layers import (
+from pretrain_builtins.layers import (
     ActName,
     ConvBNAct,
     FrozenStagesMixin,

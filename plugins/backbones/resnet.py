@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseBackbone
-from pretrain_builtins.backbones._layers import (
+from pretrain_builtins.layers import (
     ConvBNAct,
     DropPath,
     FrozenStagesMixin,

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pretrain_builtins.backbones._layers import inherit_args_doc
 from pretrain_builtins.backbones.resnet import ResNet
+from pretrain_builtins.layers import inherit_args_doc
 
 __all__ = ["ResNet_CIFAR"]
 

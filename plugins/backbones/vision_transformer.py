@@ -21,10 +21,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import BaseBackbone
-from pretrain_builtins.backbones._layers import maybe_checkpoint
-from pretrain_builtins.backbones._transformer import (
+from pretrain_builtins.layers import (
     FFN,
     LN_EPS,
     LayerScale,
@@ -32,6 +31,7 @@ from pretrain_builtins.backbones._transformer import (
     PatchEmbed,
     TransformerEncoderLayer,
     is_square,
+    maybe_checkpoint,
     pair,
     resize_pos_embed,
 )

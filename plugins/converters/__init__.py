@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain_builtins.datasets._in_memory import InMemoryDataset
 
 __all__ = ["CIFAR10", "CIFAR100", "load_numpy_pickle"]

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 from torch import Tensor
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine.data import BaseDataset, SkipSample
 
 __all__ = ["ImageFolder", "decode_image"]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from pretrain.components import BaseHead, LossRef, build_component
 from pretrain_builtins.heads._common import classification_loss, normalise_topk
-from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
+from pretrain_builtins.layers import ActName, NormName, apply_norm, build_activation, build_norm1d
 
 __all__ = ["ClsHead", "LinearBlock", "LinearClsHead", "StackedLinearClsHead"]
 
@@ -161,7 +161,7 @@ class LinearBlock(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_channels, out_channels)
         self.norm = None if norm is None else build_norm1d(norm, out_channels)
-        self.act = None if act is None else build_act(act)
+        self.act = None if act is None else build_activation(act)
         self.dropout = nn.Dropout(p=dropout_rate) if dropout_rate > 0 else None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import LossRef
 from pretrain_builtins.heads.cls_head import ClsHead
 

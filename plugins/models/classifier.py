@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import (
     BackboneRef,
     BaseModel,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import BackboneRef, HeadRef, NeckRef
 from pretrain.selfsup import IMAGENET_MEAN, IMAGENET_STD, BaseSelfSupervisor
 

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
-from pretrain_builtins.necks._common import ActName, NormName, apply_norm, build_act, build_norm1d
+from pretrain_builtins.layers import ActName, NormName, apply_norm, build_activation, build_norm1d
 from pretrain_builtins.necks.gap import GlobalAveragePooling
 
 __all__ = ["LinearNeck"]
@@ -52,7 +52,7 @@ class LinearNeck(BaseNeck):
         self.gap: nn.Module = nn.Identity() if gap_dim == 0 else GlobalAveragePooling(dim=gap_dim)
         self.fc = nn.Linear(in_channels, out_channels)
         self.norm: nn.Module = nn.Identity() if norm is None else build_norm1d(norm, out_channels)
-        self.act: nn.Module = nn.Identity() if act is None else build_act(act)
+        self.act: nn.Module = nn.Identity() if act is None else build_activation(act)
 
     def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Return ``(out,)`` computed from ``inputs[-1]``.

@@ -19,12 +19,12 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
-from pretrain_builtins.backbones._transformer import LN_EPS, TransformerEncoderLayer
 from pretrain_builtins.backbones.mae_vit import (
     build_2d_sincos_position_embedding,
     init_mae_weights,
     sincos_pos_embed_for,
 )
+from pretrain_builtins.layers import LN_EPS, TransformerEncoderLayer
 
 __all__ = ["MAEPretrainDecoder"]
 

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from pretrain.components import BaseNeck
-from pretrain_builtins.necks._common import NormName, apply_norm, build_norm1d
+from pretrain_builtins.layers import NormName, apply_norm, build_norm1d
 
 __all__ = ["NonLinearNeck"]
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.components import BaseTargetGenerator
 
 __all__ = ["HOGGenerator", "gaussian_kernel"]

@@ -25,7 +25,7 @@ def print_json(payload: Any) -> None:
 
 def print_error(exc: BaseException) -> None:
     """Print a PretrainError (or anything) as a short red paragraph on stderr."""
-    from pretrain._errors import PretrainError, SpecError
+    from pretrain.errors import PretrainError, SpecError
 
     if isinstance(exc, SpecError):
         where = f" in {exc.source}" if exc.source else ""

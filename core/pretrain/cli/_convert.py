@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 if TYPE_CHECKING:
     from torch import Tensor

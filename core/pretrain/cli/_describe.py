@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _find(name: str, kind: str | None) -> tuple[str, Any]:
-    from pretrain._errors import ComponentLookupError
+    from pretrain.errors import ComponentLookupError
     from pretrain._registry import get_registry
 
     registry = get_registry()

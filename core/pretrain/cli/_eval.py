@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _weights_file(path: Path) -> Path:
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
 
     if path.is_dir():
         for candidate in ("checkpoints/best.safetensors", "checkpoints/last.safetensors",
@@ -51,13 +51,12 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
         ``accuracy/top{k}`` (percent), ``num_samples``, ``per_class`` (with class names).
 
     """
-    import torch
-
     from pretrain._build import build_node
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.distributed import init_distributed
+    from pretrain.engine.memory_format import to_channels_last
     from pretrain.engine.spec import EvalSection
     from pretrain.engine.trainer import evaluate_loss, evaluate_model, load_weights, model_num_classes
 
@@ -73,7 +72,7 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
     load_weights(model, tensors, weights)
     channels_last = bool(train is not None and train.channels_last and info.device.type != "mps")
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model, info.device)
     num_classes = model_num_classes(model)
     loaders = build_loaders(
         data, device=info.device, distributed=info.distributed, rank=info.rank,

@@ -72,7 +72,7 @@ def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
 
 
 def _details(registry: Any, record: Any) -> tuple[str, str | None]:
-    from pretrain._errors import PluginLoadError
+    from pretrain.errors import PluginLoadError
     from pretrain._schema import component_schema
 
     try:

@@ -9,7 +9,7 @@ import sys
 from typing import Final
 
 from pretrain import __version__
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 __all__ = ["COMMANDS", "build_parser", "run_cli"]
 

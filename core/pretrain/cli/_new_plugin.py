@@ -71,7 +71,7 @@ class PluginPlan:
 
 
 def _fail(message: str, hint: str | None = None) -> Exception:
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
 
     return PretrainError(message, hint=hint)
 

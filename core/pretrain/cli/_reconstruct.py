@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
 
 def _weights_file(path: Path) -> Path:
     """A run directory -> its last (else best) weights; a file is returned as is."""
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
 
     if not path.is_dir():
         return path
@@ -97,7 +97,7 @@ def reconstruct_images(
     import torch
 
     from pretrain._build import build_node
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.trainer import load_weights
@@ -186,7 +186,7 @@ def make_grid(images: dict[str, Tensor], *, scale: int | None = None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Write the reconstruction grid."""
-    from pretrain._errors import PretrainError
+    from pretrain.errors import PretrainError
     from pretrain._spec import load_spec
     from pretrain._validate import validate_spec
     from pretrain.cli._console import console

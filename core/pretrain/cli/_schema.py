@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     schema = spec_json_schema()
     text = json.dumps(schema, indent=2, default=str) + "\n"
     if args.output:
-        from pretrain._errors import PretrainError
+        from pretrain.errors import PretrainError
 
         out = Path(args.output)
         try:

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate a spec."""
-    from pretrain._errors import SpecError, SpecIssue
+    from pretrain.errors import SpecError, SpecIssue
     from pretrain._spec import load_spec
     from pretrain._validate import validate_spec
 

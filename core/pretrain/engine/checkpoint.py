@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 __all__ = [
     "CheckpointError",

@@ -51,7 +51,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine.data_contracts import (
     BaseDataset,
     BaseTransform,
@@ -208,7 +208,7 @@ def json_schema() -> dict[str, Any]:
     ``pipeline`` (items refer to ``#/$defs/transform``, which the spec schema defines).
     Broken dataset plugins are left out.
     """
-    from pretrain._errors import PluginLoadError
+    from pretrain.errors import PluginLoadError
     from pretrain._registry import get_registry
     from pretrain._schema import component_schema
 

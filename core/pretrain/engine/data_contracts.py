@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain._kinds import ComponentRef
 
 __all__ = [

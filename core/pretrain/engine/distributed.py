@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 
 __all__ = ["DistInfo", "all_gather_tensors", "all_reduce_sum", "barrier", "broadcast_buffers",
            "init_distributed", "resolve_device", "shutdown"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine.distributed import DistInfo, all_reduce_sum
 
 __all__ = ["AccuracyMeter"]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine.spec import (
     AdamConfig,
     AdamWConfig,

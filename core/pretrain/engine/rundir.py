@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine.checkpoint import atomic_write_bytes
 
 __all__ = ["RunDir"]

@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.distributed import (
     DistInfo,
@@ -44,6 +44,7 @@ from pretrain.engine.distributed import (
     init_distributed,
 )
 from pretrain.engine.ema import ModelEMA
+from pretrain.engine.memory_format import ONEDNN_SAFE_CHANNELS, to_channels_last
 from pretrain.engine.metrics import AccuracyMeter
 from pretrain.engine.optim import build_optimizer
 from pretrain.engine.progress import ProgressReporter
@@ -240,7 +241,14 @@ class Trainer:
         model.to(self.device)
         self.channels_last = cfg.channels_last and self.device.type != "mps"
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            guarded = to_channels_last(model, self.device)
+            if guarded and d.is_main:
+                self.console.print(
+                    f"note: {len(guarded)} strided 1x1 convolution(s) with fewer than "
+                    f"{ONEDNN_SAFE_CHANNELS} input channels stay contiguous on CPU "
+                    f"(oneDNN issue #6035): {', '.join(guarded[:4])}{' ...' if len(guarded) > 4 else ''}",
+                    highlight=False, markup=False,
+                )
         self.model = model
         self.num_classes = model_num_classes(model)
         self.loaders = build_loaders(

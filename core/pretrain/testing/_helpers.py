@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain.testing._subject import Subject
 
 __all__ = [

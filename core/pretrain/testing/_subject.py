@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from pretrain._build import build_node
-from pretrain._errors import PretrainError
+from pretrain.errors import PretrainError
 from pretrain._kinds import KINDS
 from pretrain._registry import RUNTIME_DISTRIBUTION, EntryRecord, get_registry
 from pretrain._schema import SchemaDerivationError, component_schema

@@ -1,4 +1,4 @@
-"""Normalisation and activation layers for (N, C) features, shared by necks and heads.
+"""Normalisation layers for (N, C) features, shared by necks and heads.
 
 ``SyncBN`` is torch's ``SyncBatchNorm``, which synchronises statistics only when
 a process group is initialised; :func:`apply_norm` additionally runs it as a
@@ -15,12 +15,10 @@ from typing import Literal, TypeAlias
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["ActName", "NormName", "apply_norm", "build_act", "build_norm1d"]
+__all__ = ["NormName", "apply_norm", "build_norm1d"]
 
 #: Normalisations of (N, C) features.
 NormName: TypeAlias = Literal["BN1d", "SyncBN", "LN"]
-#: Activations by name.
-ActName: TypeAlias = Literal["ReLU", "ReLU6", "GELU", "SiLU", "Tanh", "Sigmoid"]
 
 
 def build_norm1d(name: NormName, channels: int, *, affine: bool = True) -> nn.Module:
@@ -40,18 +38,3 @@ def apply_norm(norm: nn.Module, x: Tensor) -> Tensor:
         # Same parameters and buffers, per-process statistics: the only option off-GPU.
         return _BatchNorm.forward(norm, x)
     return norm(x)  # type: ignore[no-any-return]
-
-
-def build_act(name: ActName) -> nn.Module:
-    """Return the activation module called ``name``."""
-    acts: dict[str, type[nn.Module]] = {
-        "ReLU": nn.ReLU,
-        "ReLU6": nn.ReLU6,
-        "GELU": nn.GELU,
-        "SiLU": nn.SiLU,
-        "Tanh": nn.Tanh,
-        "Sigmoid": nn.Sigmoid,
-    }
-    if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(acts)}")
-    return acts[name]()

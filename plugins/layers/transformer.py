@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain_builtins.backbones._layers import DropPath
+from pretrain_builtins.layers.drop import DropPath
 
 __all__ = [
     "FFN",

@@ -1,0 +1,63 @@
+"""Building blocks shared by the built-in components, public for plugin authors too.
+
+``from pretrain_builtins.layers import DropPath, TransformerEncoderLayer`` gives a
+third-party backbone the same blocks (and state-dict key layouts, which follow
+MMCV/MMPretrain) as the built-ins. One factory per concern: activations by name
+(:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`).
+"""
+
+from __future__ import annotations
+
+from pretrain_builtins.layers.activation import ActName, build_activation
+from pretrain_builtins.layers.backbone_utils import (
+    FrozenStagesMixin,
+    first_issue_error,
+    freeze,
+    index_issues,
+    inherit_args_doc,
+    maybe_checkpoint,
+    set_norm_eval,
+)
+from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
+from pretrain_builtins.layers.drop import DropPath, drop_path
+from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d
+from pretrain_builtins.layers.transformer import (
+    FFN,
+    LN_EPS,
+    LayerScale,
+    MultiheadAttention,
+    PatchEmbed,
+    TransformerEncoderLayer,
+    is_square,
+    pair,
+    resize_pos_embed,
+)
+
+__all__ = [
+    "FFN",
+    "LN_EPS",
+    "ActName",
+    "ConvBNAct",
+    "DropPath",
+    "FrozenStagesMixin",
+    "LayerScale",
+    "MultiheadAttention",
+    "NormName",
+    "PatchEmbed",
+    "SELayer",
+    "TransformerEncoderLayer",
+    "apply_norm",
+    "build_activation",
+    "build_norm1d",
+    "drop_path",
+    "first_issue_error",
+    "freeze",
+    "index_issues",
+    "inherit_args_doc",
+    "is_square",
+    "make_divisible",
+    "maybe_checkpoint",
+    "pair",
+    "resize_pos_embed",
+    "set_norm_eval",
+]
