@@ -15,8 +15,8 @@ import torchvision
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pretrain.cli._convert import convert_file, find_converter, load_state_dict
 from pretrain.errors import PretrainError
-from pretrain.cli._convert import convert_file, family_of, load_state_dict
 from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
 from pretrain_builtins.backbones.resnet import ResNet, ResNetV1c, ResNetV1d
 from pretrain_builtins.converters import WeightConversionError
@@ -97,10 +97,10 @@ def test_logit_parity_after_conversion(
 ) -> None:
     torch.manual_seed(0)
     reference = randomise_batchnorm(make())
-    family = family_of(arch)
-    converter = {"resnet": resnet_converter, "mobilenet_v2": mobilenet_converter}[family]
+    family, converter = find_converter(source, arch)
+    assert family in ("resnet", "mobilenet_v2")
     converted = converter.convert(reference.state_dict(), source=source, arch=arch)
-    assert converter.backbone_spec(arch, source) == backbone
+    assert converter.backbone_spec(source, arch) == backbone
     assert_parity(reference, converted, Classifier(backbone))
 
 
@@ -174,14 +174,24 @@ def test_unsupported_arch(converter, source: str, arch: str) -> None:
         converter.convert({}, source=source, arch=arch)
 
 
-def test_family_of() -> None:
-    assert family_of("resnet50") == "resnet"
-    assert family_of("resnet50d.a1_in1k") == "resnet"
-    assert family_of("mobilenet_v2") == "mobilenet_v2"
-    assert family_of("mobilenetv2_100") == "mobilenet_v2"
-    assert family_of("vit_b_16") == "vit"
-    assert family_of("vit_base_patch16_224.mae") == "vit"
-    assert family_of("convnext_tiny") is None
+@pytest.mark.parametrize(
+    ("source", "arch", "family"),
+    [("torchvision", "resnet50", "resnet"), ("timm", "resnet50d.a1_in1k", "resnet"),
+     ("torchvision", "mobilenet_v2", "mobilenet_v2"), ("timm", "mobilenetv2_100", "mobilenet_v2"),
+     ("torchvision", "vit_b_16", "vit"), ("timm", "vit_base_patch16_224.mae", "vit")],
+)
+def test_registered_converters_declare_their_architectures(source: str, arch: str, family: str) -> None:
+    assert find_converter(source, arch)[0] == family
+
+
+def test_no_converter_for_an_architecture_lists_what_exists() -> None:
+    with pytest.raises(PretrainError, match="no installed weight converter handles timm arch 'nonexistent_net'") as info:
+        find_converter("timm", "nonexistent_net")
+    assert "resnet (torchvision, timm)" in str(info.value.hint)
+    with pytest.raises(PretrainError, match="known sources"):
+        find_converter("keras", "resnet50")
+    with pytest.raises(PretrainError, match="did you mean 'resnet'"):
+        find_converter("torchvision", "resnet50", family="resnett")
 
 
 # ----------------------------------------------------------------------------- files and CLI
@@ -258,6 +268,8 @@ def test_cli_convert_weights(tmp_path, capsys) -> None:
     assert 'type = "MobileNetV2"' in out and "in_channels = 1280" in out
     assert dst.is_file()
     code = run_cli(["convert-weights", str(src), str(tmp_path / "y.safetensors"), "--from",
-                    "torchvision", "--arch", "convnext_tiny"])
+                    "torchvision", "--arch", "notanet_tiny"])
     assert code == 1
-    assert "--family" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no installed weight converter handles torchvision arch 'notanet_tiny'" in err
+    assert "pretrain describe" in err

@@ -19,7 +19,6 @@ from PIL import Image
 from torch import Tensor
 
 from pretrain._build import build_from_spec
-from pretrain.errors import PretrainError
 from pretrain._validate import ValidationContext
 from pretrain.engine.data import (
     BaseDataset,
@@ -33,6 +32,7 @@ from pretrain.engine.data import (
     to_channels,
     validate_data_section,
 )
+from pretrain.errors import PretrainError
 from pretrain_builtins.datasets.cifar import CIFAR10, CIFAR100, load_numpy_pickle
 from pretrain_builtins.datasets.digits import DIGITS_FILE, Digits, digits_split
 from pretrain_builtins.datasets.image_folder import ImageFolder

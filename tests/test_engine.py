@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.errors import PretrainError
 from pretrain._validate import ValidationContext
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.metrics import AccuracyMeter
 from pretrain.engine.optim import build_optimizer, param_groups
 from pretrain.engine.schedule import build_schedule
 from pretrain.engine.spec import EMAConfig, ParamwiseConfig, TrainSection, validate_sections
+from pretrain.errors import PretrainError
 
 # --------------------------------------------------------------------------- spec sections
 

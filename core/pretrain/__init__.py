@@ -44,6 +44,9 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from pretrain._build import build, build_model
+    from pretrain._registry import Registry, get_registry
+    from pretrain._spec import load_spec
+    from pretrain._validate import validate_spec
     from pretrain.errors import (
         ComponentLookupError,
         PluginLoadError,
@@ -51,9 +54,6 @@ if TYPE_CHECKING:
         SpecError,
         SpecIssue,
     )
-    from pretrain._registry import Registry, get_registry
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.hookspecs import hookimpl
 
 

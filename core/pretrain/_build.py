@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import PretrainError, SpecError
 from pretrain._spec import load_spec
 from pretrain._validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
+from pretrain.errors import PretrainError, SpecError
 
 __all__ = ["build", "build_from_spec", "build_model", "build_node", "build_tree"]
 

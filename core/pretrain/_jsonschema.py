@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pretrain.errors import PluginLoadError
-from pretrain._kinds import KINDS
+from pretrain._kinds import KIND_INFO
 from pretrain._registry import EntryRecord, Registry, get_registry
 from pretrain._schema import ComponentSchema, component_schema
+from pretrain.errors import PluginLoadError
 
 __all__ = ["component_json_schema", "spec_json_schema"]
 
@@ -64,7 +64,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     registry = registry or get_registry()
     defs: dict[str, Any] = {}
     broken: list[str] = []
-    for kind in KINDS:
+    for kind in (k for k, info in KIND_INFO.items() if info.spec):
         refs: list[dict[str, str]] = []
         mapping: dict[str, str] = {}
         records = registry.entries(kind)

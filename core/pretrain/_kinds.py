@@ -1,24 +1,83 @@
-"""Component kinds and their entry-point groups (torch-free, imported by listing)."""
+"""Component kinds: the single source of facts about each kind (torch-free, imported by listing).
+
+Every other module asks this one: which entry-point group a kind uses, whether its
+components are ``torch.nn.Module`` s, whether they own weights (and so accept an
+``init`` key), whether a spec table configures them, and which base class in
+:mod:`pretrain.components` documents their contract.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["KINDS", "PLUGIN_GROUP", "ComponentRef", "group_of", "kind_of_group"]
+__all__ = [
+    "KINDS",
+    "KIND_INFO",
+    "PLUGIN_GROUP",
+    "ComponentRef",
+    "KindInfo",
+    "group_of",
+    "kind_of_group",
+]
 
-#: kind -> entry-point group. The entry-point *name* is the spec's ``type``.
-KINDS: Final[dict[str, str]] = {
-    "model": "pretrain.models",
-    "backbone": "pretrain.backbones",
-    "neck": "pretrain.necks",
-    "head": "pretrain.heads",
-    "loss": "pretrain.losses",
-    "target_generator": "pretrain.target_generators",
-    "batch_augment": "pretrain.batch_augments",
-    "dataset": "pretrain.datasets",
-    "transform": "pretrain.transforms",
+
+@dataclass(frozen=True)
+class KindInfo:
+    """What the core knows about one component kind.
+
+    Attributes:
+        name: The kind (``backbone``).
+        group: Its entry-point group (``pretrain.backbones``); the entry-point *name*
+            is the spec's ``type``.
+        module: Components are ``torch.nn.Module`` subclasses.
+        weights: Components own parameters, so their tables accept ``init`` rules.
+        spec: Components are configured by a spec table (a schema is derived from
+            their ``__init__``); weight converters are not.
+        base: Name of the base class in :mod:`pretrain.components` that documents the
+            contract (subclassing it is optional for spec kinds).
+        summary: One line for listings and docs.
+
+    """
+
+    name: str
+    group: str
+    module: bool
+    weights: bool
+    spec: bool
+    base: str
+    summary: str
+
+
+#: Every kind, in display order.
+KIND_INFO: Final[dict[str, KindInfo]] = {
+    info.name: info
+    for info in (
+        KindInfo("model", "pretrain.models", True, True, True, "BaseModel",
+                 "top-level task module: loss(), predict(), extract_feat()"),
+        KindInfo("backbone", "pretrain.backbones", True, True, True, "BaseBackbone",
+                 "feature extractor: forward(x) -> tuple of feature maps"),
+        KindInfo("neck", "pretrain.necks", True, True, True, "BaseNeck",
+                 "maps backbone outputs to head inputs"),
+        KindInfo("head", "pretrain.heads", True, True, True, "BaseHead",
+                 "owns its loss: loss(feats, targets), predict(feats)"),
+        KindInfo("loss", "pretrain.losses", True, True, True, "BaseLoss",
+                 "forward(pred, target, weight, avg_factor, reduction_override)"),
+        KindInfo("target_generator", "pretrain.target_generators", True, True, True,
+                 "BaseTargetGenerator", "self-supervised targets under no_grad"),
+        KindInfo("batch_augment", "pretrain.batch_augments", True, False, True, "BaseBatchAugment",
+                 "batch-level augmentation with dense targets (Mixup, CutMix)"),
+        KindInfo("dataset", "pretrain.datasets", False, False, True, "BaseDataset",
+                 "labelled list of uint8 images"),
+        KindInfo("transform", "pretrain.transforms", True, False, True, "BaseTransform",
+                 "seeded per-sample image transform"),
+        KindInfo("weight_converter", "pretrain.weight_converters", False, False, False,
+                 "BaseWeightConverter", "maps another library's state dict to ours"),
+    )
 }
+
+#: kind -> entry-point group.
+KINDS: Final[dict[str, str]] = {name: info.group for name, info in KIND_INFO.items()}
 
 #: pluggy behavioural hooks live in their own group.
 PLUGIN_GROUP: Final = "pretrain.plugins"
@@ -47,5 +106,6 @@ class ComponentRef:
     kind: str
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown component kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.kind not in KINDS or not KIND_INFO[self.kind].spec:
+            spec_kinds = [k for k, info in KIND_INFO.items() if info.spec]
+            raise ValueError(f"unknown component kind {self.kind!r}; known: {', '.join(spec_kinds)}")

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pretrain.errors import ComponentLookupError, PluginLoadError
 from pretrain._kinds import KINDS, PLUGIN_GROUP, kind_of_group
+from pretrain.errors import ComponentLookupError, PluginLoadError
 
 __all__ = [
     "BUILTIN_DISTRIBUTION",

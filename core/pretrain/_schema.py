@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 
-from pretrain._kinds import KINDS, ComponentRef
+from pretrain._kinds import KIND_INFO, KINDS, ComponentRef
 from pretrain._registry import EntryRecord
 
 __all__ = [
@@ -41,8 +41,6 @@ __all__ = [
 
 #: Keys every component table may use that the component itself never sees.
 RESERVED_FIELDS = ("type", "init")
-
-_MODULE_KINDS = {"model", "backbone", "neck", "head", "loss", "target_generator"}
 
 
 class SchemaDerivationError(TypeError):
@@ -343,7 +341,10 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
             f"{record.value} is a {type(obj).__name__}, not a class; a {record.kind} entry "
             "point must name a class"
         )
-    if record.kind in _MODULE_KINDS:
+    info = KIND_INFO[record.kind]
+    # Only the kinds whose contract is a forward pass need nn.Module; a plain-module
+    # transform or a dataset class is also fine.
+    if info.module and info.weights:
         from torch import nn
 
         if not issubclass(obj, nn.Module):
@@ -356,7 +357,31 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
             f"{obj.__qualname__} is a {declared} (component_kind) but is registered in the "
             f"{KINDS[record.kind]} group"
         )
+    if not info.spec:
+        _check_converter(obj)
+        return
     component_schema(obj, record.kind, record.name)
+
+
+def _check_converter(obj: type) -> None:
+    """A weight converter: a class with ``convert`` and an ``architectures`` mapping."""
+    if not callable(getattr(obj, "convert", None)):
+        raise TypeError(f"{obj.__qualname__} has no convert(state_dict, *, source, arch) method")
+    archs = getattr(obj, "architectures", None)
+    if not isinstance(archs, Mapping) or not archs or not all(
+        isinstance(src, str) and isinstance(pats, Sequence) and not isinstance(pats, str) and pats
+        for src, pats in archs.items()
+    ):
+        raise TypeError(
+            f"{obj.__qualname__}.architectures must map each source library to a non-empty list of "
+            "architecture-name patterns, e.g. {'torchvision': ['resnet(18|34|50)']}"
+        )
+    for patterns in archs.values():
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise TypeError(f"{obj.__qualname__}.architectures: bad pattern {pattern!r}: {exc}") from None
 
 
 def literal_values(annotation: Any) -> list[Any]:

@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pretrain.errors import ComponentLookupError, PluginLoadError, SpecError, SpecIssue
 from pretrain._registry import EntryRecord, Registry, get_registry
 from pretrain._schema import (
     RESERVED_FIELDS,
@@ -21,6 +20,7 @@ from pretrain._schema import (
     SchemaDerivationError,
     component_schema,
 )
+from pretrain.errors import ComponentLookupError, PluginLoadError, SpecError, SpecIssue
 
 __all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "validate_spec"]
 

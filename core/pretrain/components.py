@@ -14,6 +14,7 @@ component by hand may pass a module or a spec mapping; call
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "BaseNeck",
     "BaseTargetGenerator",
     "BaseTransform",
+    "BaseWeightConverter",
     "BatchAugmentRef",
     "HeadRef",
     "LossRef",
@@ -160,6 +162,51 @@ class BaseModel(nn.Module):
     def extract_feat(self, inputs: Tensor) -> Any:
         """Return features (backbone output unless the model documents otherwise)."""
         raise NotImplementedError  # pragma: no cover
+
+
+class BaseWeightConverter:
+    """Weight converter contract (kind ``weight_converter``, group ``pretrain.weight_converters``).
+
+    Converts another library's state dict (torchvision, timm, MMPretrain, ...) to the
+    keys of our models, for ``pretrain convert-weights --from SOURCE --arch NAME``. The
+    entry-point name is the converter's family (``resnet``); the class declares which
+    architectures it converts, per source library, as regular expressions that must
+    match the whole architecture name (lower-cased, without a timm ``.tag`` suffix).
+    The CLI picks the one converter whose :attr:`architectures` match, so adding a
+    family never touches the core. Converters are pure key mappers: they must fail on
+    any source key they do not understand, naming it, rather than drop it.
+
+    Example::
+
+        class ResNetConverter(BaseWeightConverter):
+            architectures = {"torchvision": [r"resnet(18|34|50|101|152)"]}
+
+            def convert(self, state_dict, *, source, arch):
+                return {f"backbone.{k}": v for k, v in state_dict.items()}
+    """
+
+    component_kind: ClassVar[str] = "weight_converter"
+    #: source library -> regular expressions over architecture names.
+    architectures: ClassVar[Mapping[str, Sequence[str]]] = {}
+
+    @staticmethod
+    def arch_key(arch: str) -> str:
+        """The part of ``arch`` that :attr:`architectures` is matched against."""
+        return arch.split(".", 1)[0].lower()
+
+    @classmethod
+    def handles(cls, source: str, arch: str) -> bool:
+        """Whether this converter converts ``source``'s architecture ``arch``."""
+        key = cls.arch_key(arch)
+        return any(re.fullmatch(pattern, key) for pattern in cls.architectures.get(source, ()))
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """Return ``state_dict`` under our keys (``backbone.*``, ``head.*``); tensors are not copied."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """The backbone spec table the converted weights fit, if the name pins it (else None)."""
+        return None
 
 
 def build_component(kind: str, value: nn.Module | Mapping[str, Any] | None) -> Any:

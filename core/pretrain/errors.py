@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -11,7 +12,28 @@ __all__ = [
     "PretrainError",
     "SpecError",
     "SpecIssue",
+    "close_matches",
+    "did_you_mean",
 ]
+
+
+def close_matches(word: str, options: Iterable[str], n: int = 2) -> list[str]:
+    """Options close to ``word``: by spelling, else ignoring case (``resnet`` -> ``ResNet``)."""
+    options = list(dict.fromkeys(options))
+    close = difflib.get_close_matches(word, options, n=n, cutoff=0.6)
+    if close:
+        return close
+    lowered = {o.lower(): o for o in options}
+    return [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+def did_you_mean(word: str, options: Iterable[str], n: int = 2) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the options close to ``word``, else ``""``.
+
+    The one did-you-mean of the code base: spec fields, types, sections, CLI names.
+    """
+    close = close_matches(word, options, n)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class PretrainError(Exception):

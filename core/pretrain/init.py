@@ -45,8 +45,8 @@ from pydantic import (
     model_validator,
 )
 
-from pretrain.errors import PretrainError
 from pretrain._pretrained import LoadReport, load_pretrained
+from pretrain.errors import PretrainError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

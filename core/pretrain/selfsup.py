@@ -58,7 +58,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain.components import (
     BackboneRef,
     BaseModel,
@@ -67,6 +66,7 @@ from pretrain.components import (
     TargetGeneratorRef,
     build_component,
 )
+from pretrain.errors import PretrainError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BaseSelfSupervisor"]
 

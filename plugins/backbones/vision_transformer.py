@@ -21,8 +21,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain.components import BaseBackbone
+from pretrain.errors import PretrainError
 from pretrain_builtins.layers import (
     FFN,
     LN_EPS,

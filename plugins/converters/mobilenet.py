@@ -23,12 +23,13 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pretrain.components import BaseWeightConverter
 from pretrain_builtins.converters import KeyRule, Source, remap, unsupported
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["backbone_spec", "convert"]
+__all__ = ["MobileNetV2Converter", "backbone_spec", "convert"]
 
 #: Blocks per stage (MobileNetV2 ``arch_settings``); stage 0 has no expansion conv.
 _BLOCKS = (1, 2, 3, 4, 3, 3, 1)
@@ -135,3 +136,17 @@ def convert(
     """
     _check(arch, source)
     return remap(state_dict, _rules(source), family="mobilenet_v2", source=source, arch=arch)
+
+
+class MobileNetV2Converter(BaseWeightConverter):
+    """torchvision ``mobilenet_v2``; timm ``mobilenetv2_{050,100,140}``."""
+
+    architectures = {"torchvision": [r"mobilenet_v2"], "timm": [r"mobilenetv2_(050|100|140)"]}
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """See :func:`convert`."""
+        return convert(state_dict, source=source, arch=arch)  # type: ignore[arg-type]
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`backbone_spec`."""
+        return backbone_spec(arch, source)  # type: ignore[arg-type]

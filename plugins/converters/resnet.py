@@ -21,12 +21,13 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pretrain.components import BaseWeightConverter
 from pretrain_builtins.converters import KeyRule, Source, remap, unsupported
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["backbone_spec", "convert", "parse_arch"]
+__all__ = ["ResNetConverter", "backbone_spec", "convert", "parse_arch"]
 
 _DEPTHS = (18, 34, 50, 101, 152)
 _SUPPORTED = {
@@ -115,3 +116,20 @@ def convert(
         raise unsupported("resnet", source, arch, _SUPPORTED)
     _, variant = parse_arch(arch, source)
     return remap(state_dict, _rules(variant), family="resnet", source=source, arch=arch)
+
+
+class ResNetConverter(BaseWeightConverter):
+    """torchvision ResNet-18..152; timm ResNets with V1b, deep-stem (c) and avg-down (d) stems."""
+
+    architectures = {
+        "torchvision": [r"resnet(18|34|50|101|152)"],
+        "timm": [r"resnet(18|34|50|101|152)[cd]?"],
+    }
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """See :func:`convert`."""
+        return convert(state_dict, source=source, arch=arch)  # type: ignore[arg-type]
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`backbone_spec`."""
+        return backbone_spec(arch, source)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pretrain.components import BaseWeightConverter
 from pretrain_builtins.converters import (
     KeyRule,
     Source,
@@ -36,7 +37,7 @@ from pretrain_builtins.converters import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["backbone_spec", "convert", "parse_arch"]
+__all__ = ["ViTConverter", "backbone_spec", "convert", "parse_arch"]
 
 _SUPPORTED = {
     "torchvision": ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit (any size)"],
@@ -186,3 +187,20 @@ def convert(
     if parsed is not None:
         _check_size(out, parsed[0], source, arch)
     return out
+
+
+class ViTConverter(BaseWeightConverter):
+    """torchvision ``vit_{b,l,h}_N``; timm ``vit_*``/``deit_*_patchN_S``; ``vit`` for any size."""
+
+    architectures = {
+        "torchvision": [_TV_NAME.pattern, r"vit"],
+        "timm": [_TIMM_NAME.pattern, r"vit"],
+    }
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """See :func:`convert`."""
+        return convert(state_dict, source=source, arch=arch)  # type: ignore[arg-type]
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`backbone_spec`."""
+        return backbone_spec(arch, source)  # type: ignore[arg-type]

@@ -18,8 +18,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain.components import LossRef
+from pretrain.errors import PretrainError
 from pretrain_builtins.heads.cls_head import ClsHead
 
 __all__ = ["VisionTransformerClsHead"]

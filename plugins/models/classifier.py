@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain.components import (
     BackboneRef,
     BaseModel,
@@ -38,6 +37,7 @@ from pretrain.components import (
     NeckRef,
     build_component,
 )
+from pretrain.errors import PretrainError
 from pretrain.selfsup import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier"]

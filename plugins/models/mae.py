@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pretrain.errors import PretrainError
 from pretrain.components import BackboneRef, HeadRef, NeckRef
+from pretrain.errors import PretrainError
 from pretrain.selfsup import IMAGENET_MEAN, IMAGENET_STD, BaseSelfSupervisor
 
 __all__ = ["MAE"]

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pretrain.errors import PretrainError
 from pretrain.components import BaseTargetGenerator
+from pretrain.errors import PretrainError
 
 __all__ = ["HOGGenerator", "gaussian_kernel"]
 

@@ -1,45 +1,39 @@
-"""``pretrain convert-weights SRC DST``: torchvision/timm weights → a safetensors checkpoint.
+"""``pretrain convert-weights SRC DST``: another library's weights -> a safetensors checkpoint.
 
-The converter is chosen by architecture family (``resnet``, ``mobilenet_v2``,
-``vit``, or any family a plugin registers in the ``pretrain.weight_converters``
-entry-point group), inferred from ``--arch`` or given with ``--family``. The
-source file is read without unpickling objects (``.safetensors``, or
-``torch.load(weights_only=True)`` for ``.pth``/``.pt``/``.bin``) and the result
-is written with safetensors. Torch is imported only when the command runs.
+Converters are a registered kind (``pretrain.weight_converters`` entry points,
+:class:`pretrain.components.BaseWeightConverter` subclasses), loaded through the
+registry like every component: isolated imports, broken ones reported, the plugin
+allow-list honoured, a row in ``pretrain list-components``. Each converter declares
+the architectures it handles per source library; the command picks the one that
+handles ``--from``/``--arch`` (``--family`` chooses when several do). The source file
+is read without unpickling objects (``.safetensors``, or
+``torch.load(weights_only=True)`` for ``.pth``/``.pt``/``.bin``) and the result is
+written with safetensors. Torch is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pretrain.errors import PretrainError
+from pretrain.errors import PluginLoadError, PretrainError, did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from pretrain.components import BaseWeightConverter
+
 __all__ = [
-    "CONVERTER_GROUP",
     "add_parser",
     "check_backbone_keys",
     "convert_file",
-    "family_of",
+    "find_converter",
     "load_state_dict",
     "run",
 ]
 
-#: Entry-point group of weight converters: name = family, value = ``module:convert``.
-CONVERTER_GROUP = "pretrain.weight_converters"
-
-#: (family, pattern over the arch name without a timm ``.tag``), first match wins.
-_FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("resnet", r"resnet\d+[a-z]?"),
-    ("mobilenet_v2", r"mobilenet_?v2(_\w+)?"),
-    ("vit", r"(vit|deit)(_\w+)?"),
-)
 _STATE_DICT_KEYS = ("state_dict", "model", "module")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
@@ -48,18 +42,21 @@ def add_parser(sub: Any) -> None:
     """Register the subcommand."""
     p = sub.add_parser(
         "convert-weights",
-        help="convert torchvision/timm weights to a pretrain .safetensors checkpoint",
+        help="convert torchvision/timm/... weights to a pretrain .safetensors checkpoint",
         description=(
-            "Convert a torchvision or timm classifier state dict (.pth/.pt/.bin read with "
+            "Convert another library's state dict (.pth/.pt/.bin read with "
             "torch.load(weights_only=True), or .safetensors) to the keys of pretrain's "
-            "ImageClassifier (backbone.*, head.fc.*) and write it as .safetensors."
+            "models (backbone.*, head.*) and write it as .safetensors. `pretrain "
+            "list-components --kind weight_converter` lists the converters; `pretrain "
+            "describe NAME` shows the architectures one handles."
         ),
     )
     p.add_argument("src", type=Path, help="source weights (.pth, .pt, .bin or .safetensors)")
     p.add_argument("dst", type=Path, help="output file (.safetensors)")
     p.add_argument(
-        "--from", dest="source", required=True, choices=("torchvision", "timm"),
-        help="library the weights come from",
+        "--from", dest="source", required=True, metavar="SOURCE",
+        help="library the weights come from: torchvision, timm, or any source an installed "
+        "converter declares",
     )
     p.add_argument(
         "--arch", required=True,
@@ -67,57 +64,72 @@ def add_parser(sub: Any) -> None:
         "mobilenet_v2, vit_b_16 (torchvision) or resnet50d, vit_base_patch16_224 (timm)",
     )
     p.add_argument(
-        "--family", help="converter to use (entry-point name); default: inferred from --arch"
+        "--family", help="converter to use (its entry-point name); default: the one that handles --arch"
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(run=run)
 
 
-def family_of(arch: str) -> str | None:
-    """The converter family of an architecture name (``resnet50d`` → ``resnet``), if known."""
-    name = arch.split(".", 1)[0].lower()
-    for family, pattern in _FAMILY_PATTERNS:
-        if re.fullmatch(pattern, name):
-            return family
-    return None
+def find_converter(source: str, arch: str, family: str | None = None) -> tuple[str, BaseWeightConverter]:
+    """The converter (family name, instance) that handles ``source``/``arch``.
 
+    Raises:
+        PretrainError: No converter handles it (the message lists what each one
+            handles), several do (pass ``family``), or ``family`` is unknown or broken.
 
-def _converters() -> dict[str, list[Any]]:
-    import importlib.metadata as md
+    """
+    from pretrain._registry import get_registry
 
-    found: dict[str, list[Any]] = {}
-    for ep in md.entry_points(group=CONVERTER_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    return found
-
-
-def _load_converter(family: str) -> Callable[..., dict[str, Tensor]]:
-    available = _converters()
-    eps = available.get(family)
-    if not eps:
-        known = ", ".join(sorted(available)) or "(none)"
+    registry = get_registry()
+    records = registry.entries("weight_converter")
+    if family is not None:
+        records = [r for r in records if family in (r.name, r.qualified_name)]
+        if not records:
+            names = [r.name for r in registry.entries("weight_converter")]
+            raise PretrainError(
+                f"no weight converter is called {family!r}{did_you_mean(family, names)}",
+                hint=f"Installed converters: {', '.join(names) or 'none'}.",
+            )
+    usable: list[tuple[str, Any]] = []
+    broken: list[str] = []
+    supported: list[str] = []
+    for record in records:
+        try:
+            cls = registry.load(record)
+        except PluginLoadError as exc:
+            broken.append(exc.message)
+            continue
+        if cls.handles(source, arch):
+            usable.append((record.qualified_name, cls))
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        supported.append(f"{record.name} ({', '.join(cls.architectures)}): {summary}".rstrip(": "))
+    if len(usable) == 1:
+        name, cls = usable[0]
+        return name.rpartition(":")[2], cls()
+    if len(usable) > 1:
+        names = ", ".join(name for name, _ in usable)
         raise PretrainError(
-            f"no weight converter is registered for family {family!r}; installed: {known}.",
-            hint=f"Pass --family with one of those, or install a plugin that provides "
-            f"a {CONVERTER_GROUP} entry point named {family!r}.",
+            f"several weight converters handle {source} arch {arch!r}: {names}.",
+            hint="Pass --family NAME to choose one.",
         )
-    if len(eps) > 1:
-        values = ", ".join(ep.value for ep in eps)
-        raise PretrainError(
-            f"several weight converters are registered for family {family!r}: {values}.",
-            hint="Uninstall one of the packages that provide them.",
-        )
+    sources = sorted({src for record in records for src in _declared_sources(registry, record)})
+    where = "" if source in sources else f" (known sources: {', '.join(sources) or 'none'})"
+    message = f"no installed weight converter handles {source} arch {arch!r}{where}."
+    if broken:
+        message += " Broken converters that might: " + "; ".join(broken)
+    raise PretrainError(
+        message,
+        hint="Installed converters (sources): " + "; ".join(supported)
+        + ". Check --from/--arch (`pretrain describe NAME` lists a converter's architecture "
+        "patterns), or install a plugin that converts this architecture.",
+    )
+
+
+def _declared_sources(registry: Any, record: Any) -> list[str]:
     try:
-        func = eps[0].load()
-    except Exception as exc:
-        raise PretrainError(
-            f"the {family!r} weight converter ({eps[0].value}) failed to import: "
-            f"{type(exc).__name__}: {exc}",
-            hint="Reinstall the package that provides it, or run with --debug.",
-        ) from exc
-    if not callable(func):
-        raise PretrainError(f"the {family!r} weight converter {eps[0].value} is not callable.")
-    return func  # type: ignore[no-any-return]
+        return list(registry.load(record).architectures)
+    except PluginLoadError:
+        return []
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -240,9 +252,9 @@ def convert_file(
     Args:
         src: Source weights file.
         dst: Output ``.safetensors`` file.
-        source: ``torchvision`` or ``timm``.
+        source: Library the weights come from (``torchvision``, ``timm``, ...).
         arch: Architecture name in the source library.
-        family: Converter family; inferred from ``arch`` when ``None``.
+        family: Converter (entry-point name); the one that handles ``arch`` when ``None``.
         overwrite: Replace an existing ``dst``.
 
     Returns:
@@ -255,8 +267,6 @@ def convert_file(
         PretrainError: Any user-fixable problem (paths, arch, keys).
 
     """
-    import inspect
-
     from safetensors.torch import save_file
 
     if dst.suffix.lower() != ".safetensors":
@@ -265,16 +275,9 @@ def convert_file(
         )
     if dst.exists() and not overwrite:
         raise PretrainError(f"{dst} already exists.", hint="Pass --force to overwrite it.")
-    family = family or family_of(arch)
-    if family is None:
-        known = ", ".join(f for f, _ in _FAMILY_PATTERNS)
-        raise PretrainError(
-            f"cannot tell which converter handles arch {arch!r} (known families: {known}).",
-            hint="Pass --family NAME to choose a converter explicitly.",
-        )
-    converter = _load_converter(family)
+    family, converter = find_converter(source, arch, family)
     state = load_state_dict(src)
-    converted = converter(state, source=source, arch=arch)
+    converted = converter.convert(state, source=source, arch=arch)
     groups: dict[str, int] = {}
     for key in converted:
         top = key.split(".", 1)[0]
@@ -288,12 +291,10 @@ def convert_file(
         "backbone": None,
         "head": None,
     }
-    spec_fn = getattr(inspect.getmodule(converter), "backbone_spec", None)
-    if callable(spec_fn):
-        summary["backbone"] = spec_fn(arch, source)
-        # None when the arch name does not pin the size (e.g. the generic `vit`).
-        if summary["backbone"] is not None:
-            check_backbone_keys(converted, summary["backbone"])
+    # None when the arch name does not pin the size (e.g. the generic `vit`).
+    summary["backbone"] = converter.backbone_spec(source, arch)
+    if summary["backbone"] is not None:
+        check_backbone_keys(converted, summary["backbone"])
     # The classifier layer: LinearClsHead's `fc`, VisionTransformerClsHead's `layers.head`.
     fc = next((converted[k] for k in ("head.fc.weight", "head.layers.head.weight") if k in converted), None)
     if fc is not None and fc.dim() == 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pretrain._kinds import KINDS
+from pretrain._kinds import KIND_INFO, KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _find(name: str, kind: str | None) -> tuple[str, Any]:
-    from pretrain.errors import ComponentLookupError
     from pretrain._registry import get_registry
+    from pretrain.errors import ComponentLookupError
 
     registry = get_registry()
     bare = name.rpartition(":")[2]
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     load_plugins(registry)
     kind, record = _find(args.name, args.kind)
     cls = registry.load(record)
+    if not KIND_INFO[kind].spec:
+        _print_converter(record, cls, as_json=args.json)
+        return 0
     schema = component_schema(cls, kind, record.name)
     if args.json:
         from pretrain.cli._console import print_json
@@ -92,4 +95,31 @@ def _print_human(record: Any, schema: Any) -> None:
     table.add_row(
         "init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)"
     )
+    console.print(table)
+
+
+def _print_converter(record: Any, cls: Any, *, as_json: bool) -> None:
+    """A weight converter has no spec fields: show what it converts."""
+    import inspect
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pretrain.cli._console import console, print_json
+
+    archs = {src: list(patterns) for src, patterns in cls.architectures.items()}
+    if as_json:
+        print_json({"name": record.name, "kind": record.kind, "distribution": record.distribution,
+                    "version": record.version, "summary": inspect.getdoc(cls) or "",
+                    "architectures": archs})
+        return
+    console.print(f"[bold]{escape(record.name)}[/] ({record.kind}) from {record.distribution} {record.version}")
+    console.print(f"[dim]{escape(record.value)}[/]\n")
+    console.print(escape(inspect.getdoc(cls) or "") + "\n")
+    table = Table(title="Architectures (regular expressions over --arch, without a timm .tag)",
+                  title_justify="left")
+    table.add_column("--from")
+    table.add_column("--arch patterns", overflow="fold")
+    for src, patterns in archs.items():
+        table.add_row(escape(src), escape(", ".join(patterns)))
     console.print(table)

@@ -52,13 +52,13 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
 
     """
     from pretrain._build import build_node
-    from pretrain.errors import PretrainError
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.distributed import init_distributed
     from pretrain.engine.memory_format import to_channels_last
     from pretrain.engine.spec import EvalSection
     from pretrain.engine.trainer import evaluate_loss, evaluate_model, load_weights, model_num_classes
+    from pretrain.errors import PretrainError
 
     data = spec.sections.get("data")
     if data is None or data.val is None:

@@ -72,8 +72,8 @@ def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
 
 
 def _details(registry: Any, record: Any) -> tuple[str, str | None]:
-    from pretrain.errors import PluginLoadError
     from pretrain._schema import component_schema
+    from pretrain.errors import PluginLoadError
 
     try:
         cls = registry.load(record)

@@ -39,9 +39,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate a spec."""
-    from pretrain.errors import SpecError, SpecIssue
     from pretrain._spec import load_spec
     from pretrain._validate import validate_spec
+    from pretrain.errors import SpecError, SpecIssue
 
     size = None
     if args.input_size:

@@ -51,7 +51,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from pretrain.errors import PretrainError
 from pretrain.engine.data_contracts import (
     BaseDataset,
     BaseTransform,
@@ -62,6 +61,7 @@ from pretrain.engine.data_contracts import (
     mix_seed,
     to_channels,
 )
+from pretrain.errors import PretrainError
 
 if TYPE_CHECKING:
     from pretrain._validate import ValidationContext
@@ -208,9 +208,9 @@ def json_schema() -> dict[str, Any]:
     ``pipeline`` (items refer to ``#/$defs/transform``, which the spec schema defines).
     Broken dataset plugins are left out.
     """
-    from pretrain.errors import PluginLoadError
     from pretrain._registry import get_registry
     from pretrain._schema import component_schema
+    from pretrain.errors import PluginLoadError
 
     schema = DataOptions.model_json_schema(ref_template="#/$defs/{model}")
     defs: dict[str, Any] = schema.setdefault("$defs", {})

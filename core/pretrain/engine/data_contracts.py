@@ -14,8 +14,8 @@ from typing import Annotated, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain._kinds import ComponentRef
+from pretrain.errors import PretrainError
 
 __all__ = [
     "BaseDataset",

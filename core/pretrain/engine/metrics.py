@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from pretrain.errors import PretrainError
 from pretrain.engine.distributed import DistInfo, all_reduce_sum
+from pretrain.errors import PretrainError
 
 __all__ = ["AccuracyMeter"]
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.errors import PretrainError
 from pretrain.engine.spec import (
     AdamConfig,
     AdamWConfig,
@@ -29,6 +28,7 @@ from pretrain.engine.spec import (
     RMSpropConfig,
     SGDConfig,
 )
+from pretrain.errors import PretrainError
 
 __all__ = ["build_optimizer", "param_groups"]
 

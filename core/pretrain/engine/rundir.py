@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import PretrainError
 from pretrain.engine.checkpoint import atomic_write_bytes
+from pretrain.errors import PretrainError
 
 __all__ = ["RunDir"]
 

@@ -33,7 +33,6 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from pretrain.errors import PretrainError
 from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.distributed import (
     DistInfo,
@@ -51,6 +50,7 @@ from pretrain.engine.progress import ProgressReporter
 from pretrain.engine.rundir import RunDir
 from pretrain.engine.schedule import build_schedule
 from pretrain.engine.spec import EvalSection, TrainSection
+from pretrain.errors import PretrainError
 
 __all__ = [
     "NonFiniteLossError",

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
+from pretrain._kinds import KIND_INFO
 from pretrain._registry import get_registry
 from pretrain._schema import SchemaDerivationError, component_schema
 from pretrain.testing._helpers import (
@@ -106,6 +107,11 @@ def _flatten_node(node: Any) -> list[tuple[str, str, Any]]:
 
 def check_documentation(subject: Subject) -> None:
     """A summary line and a description for every spec field (``pretrain describe`` shows them)."""
+    if not KIND_INFO[subject.kind].spec:  # no spec fields: the summary is all there is
+        if not (subject.cls.__doc__ or "").strip():
+            raise subject.fail("check_documentation", "the class has no docstring summary",
+                               "Start the class docstring with one line saying what it converts.")
+        return
     schema = component_schema(subject.cls, subject.kind, subject.name)
     if not schema.summary:
         raise subject.fail("check_documentation", "the class has no docstring summary",
@@ -420,6 +426,9 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
 
 def checks_for_kind(kind: str) -> Iterator[str]:
     """Names of the checks that apply to components of ``kind``, in run order."""
+    if not KIND_INFO[kind].spec:
+        yield from ("check_documentation", "check_import_side_effects")
+        return
     yield from ("check_schema", "check_documentation", "check_example_config", "check_import_side_effects")
     if kind not in MODULE_KINDS:
         return

@@ -33,15 +33,15 @@ from typing import Any
 import torch
 
 from pretrain._build import build_node
-from pretrain.errors import PretrainError
 from pretrain._kinds import KINDS
 from pretrain._registry import RUNTIME_DISTRIBUTION, EntryRecord, get_registry
 from pretrain._schema import SchemaDerivationError, component_schema
 from pretrain._validate import ComponentNode, ValidationContext
+from pretrain.errors import PretrainError
 
 __all__ = ["ComponentCheckError", "Subject", "resolve_subject"]
 
-#: Kinds whose components are ``torch.nn.Module`` s with a forward contract.
+#: Kinds whose forward contract the kit exercises (it knows how to call each one).
 MODULE_KINDS = ("model", "backbone", "neck", "head", "loss", "target_generator", "batch_augment")
 
 #: Batch size of example inputs (batch independence compares it with single samples).
