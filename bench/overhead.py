@@ -69,9 +69,9 @@ def compare(raw: dict[str, Any], *, device: str, steps: int, rounds: int, label:
     """Print engine vs plain throughput for ``raw`` (a spec) and return the median ratio."""
     from rich.console import Console
 
-    from pretrain._validate import validate_spec
     from pretrain.engine.progress import ProgressReporter
     from pretrain.engine.trainer import Trainer, autocast_context
+    from pretrain.spec.validate import validate_spec
 
     raw = copy.deepcopy(raw)
     raw["data"].pop("val", None)  # throughput only
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pretrain._spec import load_spec
+    from pretrain.spec.files import load_spec
 
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, "
           f"cuda {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain._plugins import reset_plugin_manager
-from pretrain._registry import Registry, set_registry
-from pretrain._schema import check_component_contract
+from pretrain.registry.plugins import reset_plugin_manager
+from pretrain.registry.registry import Registry, set_registry
+from pretrain.registry.schema import check_component_contract
 
 # Tiny CPU shapes run faster single-threaded, and the suite must not oversubscribe
 # a 2-core machine (tests that time or distribute things start their own processes).

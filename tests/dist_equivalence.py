@@ -18,11 +18,11 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     spec_path, run_dir, out_dir = argv
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.distributed import shutdown
     from pretrain.engine.trainer import Trainer
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
     spec = validate_spec(load_spec(spec_path), source=spec_path)
     trainer = Trainer(spec, run_dir, live=False)

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pretrain import SpecError
-from pretrain._build import build_from_spec
-from pretrain._schema import component_schema
+from pretrain.assembly.assemble import build_from_spec
+from pretrain.registry.schema import component_schema
 from pretrain.testing import parametrize_with_checks
 from pretrain_builtins.backbones.mobilenet_v2 import MobileNetV2
 from pretrain_builtins.backbones.mobilenet_v3 import MobileNetV3

@@ -7,7 +7,7 @@ the xfail is strict, so fixing the component forces the entry out.
 
 from __future__ import annotations
 
-from pretrain._registry import BUILTIN_DISTRIBUTION, Registry
+from pretrain.registry.registry import BUILTIN_DISTRIBUTION, Registry
 from pretrain.testing import parametrize_with_checks
 
 #: Built-ins as ``(kind, "pretrain:Name")`` so that third-party plugins installed in the

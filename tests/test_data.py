@@ -18,21 +18,12 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
-from pretrain._build import build_from_spec
-from pretrain._validate import ValidationContext
-from pretrain.engine.data import (
-    BaseDataset,
-    DataOptions,
-    DataSection,
-    DatasetSpec,
-    Pipeline,
-    build_loaders,
-    json_schema,
-    mix_seed,
-    to_channels,
-    validate_data_section,
-)
+from pretrain.assembly.assemble import build_from_spec
+from pretrain.components import BaseDataset, Pipeline, mix_seed, to_channels
+from pretrain.engine.data import build_loaders
 from pretrain.errors import PretrainError
+from pretrain.spec.context import ValidationContext
+from pretrain.spec.data_section import DataOptions, DataSection, DatasetSpec, json_schema, validate_data_section
 from pretrain_builtins.datasets.cifar import CIFAR10, CIFAR100, load_numpy_pickle
 from pretrain_builtins.datasets.digits import DIGITS_FILE, Digits, digits_split
 from pretrain_builtins.datasets.image_folder import ImageFolder
@@ -579,7 +570,7 @@ def test_validate_data_section_reports_every_problem_with_its_path() -> None:
 
 def test_data_json_schema_accepts_specs_and_rejects_typos() -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    from pretrain._jsonschema import spec_json_schema
+    from pretrain.spec.jsonschema import spec_json_schema
 
     data = json_schema()
     root = {**data, "$defs": {**spec_json_schema()["$defs"], **data.pop("$defs")}}

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain._validate import ValidationContext
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.metrics import AccuracyMeter
 from pretrain.engine.optim import build_optimizer, param_groups
 from pretrain.engine.schedule import build_schedule
-from pretrain.engine.spec import EMAConfig, ParamwiseConfig, TrainSection, validate_sections
 from pretrain.errors import PretrainError
+from pretrain.spec.sections import EMAConfig, ParamwiseConfig, TrainSection, validate_sections
+from pretrain.spec.validate import ValidationContext
 
 # --------------------------------------------------------------------------- spec sections
 
@@ -126,7 +126,7 @@ def test_paramwise_no_decay_on_norm_and_bias() -> None:
 
 
 def test_layer_decay_uses_backbone_depth() -> None:
-    from pretrain._build import build_from_spec
+    from pretrain.assembly.assemble import build_from_spec
 
     class WithBackbone(nn.Module):
         def __init__(self) -> None:
@@ -203,10 +203,10 @@ import sys  # noqa: E402
 
 from _engine_specs import TINY_VIT, digits_data, tiny_spec, write_spec  # noqa: E402
 from pretrain import hookimpl  # noqa: E402
-from pretrain._plugins import get_plugin_manager  # noqa: E402
-from pretrain._validate import validate_spec  # noqa: E402
 from pretrain.engine import checkpoint as ckpt  # noqa: E402
 from pretrain.engine.trainer import NonFiniteLossError, Trainer  # noqa: E402
+from pretrain.registry.plugins import get_plugin_manager  # noqa: E402
+from pretrain.spec.validate import validate_spec  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 

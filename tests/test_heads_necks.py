@@ -10,7 +10,7 @@ from torch import nn
 
 import pretrain
 from pretrain import SpecError
-from pretrain._build import build_from_spec
+from pretrain.assembly.assemble import build_from_spec
 from pretrain_builtins.heads._common import classification_loss, targets_for_loss, topk_accuracy
 from pretrain_builtins.heads.cls_head import ClsHead, LinearClsHead, StackedLinearClsHead
 from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss

@@ -210,13 +210,20 @@ def _classifier_checkpoint(tmp_path):
     return full, path
 
 
-def test_pretrained_round_trip_with_prefix(tmp_path, capfd):
+def test_pretrained_round_trip_with_prefix(tmp_path, capfd, caplog):
+    from rich.console import Console
+
     full, path = _classifier_checkpoint(tmp_path)
     block = Block()
-    report = load_pretrained(block, Pretrained(checkpoint=str(path), prefix="backbone"), loc="model.backbone.init[0]")
+    report = load_pretrained(block, Pretrained(checkpoint=str(path), prefix="backbone"), loc="model.backbone.init[0]",
+                             console=Console(stderr=True))
     assert report.clean and set(report.loaded) == set(block.state_dict())
     for key, value in block.state_dict().items():
         assert torch.equal(value, full["backbone"].state_dict()[key])
+    # Library use without a console: one log record, nothing printed.
+    with caplog.at_level("INFO", logger="pretrain.init"):
+        load_pretrained(Block(), Pretrained(checkpoint=str(path), prefix="backbone"), loc="model.backbone.init[0]")
+    assert any("Pretrained weights for model.backbone.init[0]" in r.getMessage() for r in caplog.records)
     err = capfd.readouterr().err
     assert "Pretrained weights for model.backbone.init[0]" in err and "loaded" in err
 

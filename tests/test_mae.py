@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 import pretrain
 from pretrain import PretrainError, SpecError
-from pretrain._build import build_from_spec
+from pretrain.assembly.assemble import build_from_spec
 from pretrain.selfsup import BaseSelfSupervisor
 from pretrain_builtins.backbones.mae_vit import (
     MAEViT,

@@ -26,9 +26,9 @@ from safetensors.torch import load_file
 
 import pretrain
 from pretrain import PretrainError
-from pretrain._validate import validate_spec
 from pretrain.cli import _reconstruct
 from pretrain.selfsup import BaseSelfSupervisor
+from pretrain.spec.validate import validate_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "examples" / "specs"

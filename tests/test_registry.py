@@ -11,8 +11,8 @@ import pytest
 from _fake_components import BROKEN_IMPORT, GOOD, HOOKS, NOT_A_MODULE, UNTYPED
 from conftest import run_cli, write_dist
 from pretrain import ComponentLookupError, PluginLoadError
-from pretrain._plugins import load_plugins
-from pretrain._registry import Registry
+from pretrain.registry.plugins import load_plugins
+from pretrain.registry.registry import Registry
 
 GOOD_EPS = {
     "pretrain.backbones": {"TinyNet": "fakeplug_good.comps:TinyNet"},

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pretrain import SpecError
-from pretrain._build import build_from_spec
+from pretrain.assembly.assemble import build_from_spec
 from pretrain_builtins.backbones.vision_transformer import VisionTransformer
 from pretrain_builtins.converters import WeightConversionError
 from pretrain_builtins.converters.vit import backbone_spec, convert

@@ -33,20 +33,17 @@ _LAZY: dict[str, str] = {
     "PretrainError": "pretrain.errors",
     "SpecError": "pretrain.errors",
     "SpecIssue": "pretrain.errors",
-    "Registry": "pretrain._registry",
-    "get_registry": "pretrain._registry",
+    "Registry": "pretrain.registry.registry",
+    "get_registry": "pretrain.registry.registry",
     "hookimpl": "pretrain.hookspecs",
-    "load_spec": "pretrain._spec",
-    "validate_spec": "pretrain._validate",
-    "build": "pretrain._build",
-    "build_model": "pretrain._build",
+    "load_spec": "pretrain.spec.files",
+    "validate_spec": "pretrain.spec.validate",
+    "build": "pretrain.assembly.assemble",
+    "build_model": "pretrain.assembly.assemble",
 }
 
 if TYPE_CHECKING:
-    from pretrain._build import build, build_model
-    from pretrain._registry import Registry, get_registry
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
+    from pretrain.assembly.assemble import build, build_model
     from pretrain.errors import (
         ComponentLookupError,
         PluginLoadError,
@@ -55,6 +52,9 @@ if TYPE_CHECKING:
         SpecIssue,
     )
     from pretrain.hookspecs import hookimpl
+    from pretrain.registry.registry import Registry, get_registry
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
 
 def __getattr__(name: str) -> Any:

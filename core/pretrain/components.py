@@ -20,8 +20,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from pretrain._kinds import ComponentRef
-from pretrain.engine.data_contracts import BaseDataset, BaseTransform, TransformRef
+from pretrain._data_contracts import (
+    BaseDataset,
+    BaseTransform,
+    Batch,
+    Pipeline,
+    SkipSample,
+    TransformRef,
+    mix_seed,
+    to_channels,
+)
+from pretrain.registry.kinds import ComponentRef
 
 __all__ = [
     "BackboneRef",
@@ -35,14 +44,19 @@ __all__ = [
     "BaseTargetGenerator",
     "BaseTransform",
     "BaseWeightConverter",
+    "Batch",
     "BatchAugmentRef",
     "HeadRef",
     "LossRef",
     "NeckRef",
+    "Pipeline",
+    "SkipSample",
     "TargetGeneratorRef",
     "TargetKind",
     "TransformRef",
     "build_component",
+    "mix_seed",
+    "to_channels",
 ]
 
 #: What a loss's ``target`` is: class indices (N,), dense scores (N, C), or either.
@@ -222,7 +236,7 @@ def build_component(kind: str, value: nn.Module | Mapping[str, Any] | None) -> A
     if value is None or isinstance(value, nn.Module):
         return value
     if isinstance(value, Mapping):
-        from pretrain._build import build_from_spec
+        from pretrain.assembly.assemble import build_from_spec
 
         return build_from_spec(kind, value)
     raise TypeError(f"expected a {kind} module or spec mapping, got {type(value).__name__}")

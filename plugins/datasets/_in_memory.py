@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from pretrain.engine.data import BaseDataset
+from pretrain.components import BaseDataset
 
 __all__ = ["InMemoryDataset"]
 

@@ -132,7 +132,7 @@ class _CIFAR(InMemoryDataset):
         self._images = torch.from_numpy(np.concatenate(images))  # (N, 3, 32, 32) uint8
         self._labels = torch.from_numpy(np.concatenate(labels))
         if channels == 1:
-            from pretrain.engine.data import to_channels
+            from pretrain.components import to_channels
 
             self._images = to_channels(self._images, 1)
 

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 from torch import Tensor
 
-from pretrain.engine.data import BaseDataset, SkipSample
+from pretrain.components import BaseDataset, SkipSample
 from pretrain.errors import PretrainError
 
 __all__ = ["ImageFolder", "decode_image"]

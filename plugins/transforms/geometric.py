@@ -20,7 +20,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 
-from pretrain.engine.data import BaseTransform
+from pretrain.components import BaseTransform
 
 from ._common import Probability, Size, as_batch, bernoulli, pair, uniform
 

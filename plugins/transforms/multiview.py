@@ -14,8 +14,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from pretrain.components import build_component
-from pretrain.engine.data import BaseTransform, Pipeline, TransformRef
+from pretrain.components import BaseTransform, Pipeline, TransformRef, build_component
 
 __all__ = ["MultiView"]
 

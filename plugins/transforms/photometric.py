@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from pretrain.engine.data import BaseTransform
+from pretrain.components import BaseTransform
 
 from ._common import Probability, as_batch, bernoulli, uniform, value_range
 

@@ -78,7 +78,7 @@ def find_converter(source: str, arch: str, family: str | None = None) -> tuple[s
             handles), several do (pass ``family``), or ``family`` is unknown or broken.
 
     """
-    from pretrain._registry import get_registry
+    from pretrain.registry.registry import get_registry
 
     registry = get_registry()
     records = registry.entries("weight_converter")
@@ -222,7 +222,7 @@ def check_backbone_keys(converted: Mapping[str, Tensor], spec: Mapping[str, Any]
     """
     import torch
 
-    from pretrain._build import build_from_spec
+    from pretrain.assembly.assemble import build_from_spec
 
     with torch.device("meta"):
         backbone = build_from_spec("backbone", spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pretrain._kinds import KIND_INFO, KINDS
+from pretrain.registry.kinds import KIND_INFO, KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _find(name: str, kind: str | None) -> tuple[str, Any]:
-    from pretrain._registry import get_registry
     from pretrain.errors import ComponentLookupError
+    from pretrain.registry.registry import get_registry
 
     registry = get_registry()
     bare = name.rpartition(":")[2]
@@ -47,10 +47,10 @@ def _find(name: str, kind: str | None) -> tuple[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Describe one component."""
-    from pretrain._jsonschema import component_json_schema
-    from pretrain._plugins import load_plugins
-    from pretrain._registry import get_registry
-    from pretrain._schema import component_schema
+    from pretrain.registry.plugins import load_plugins
+    from pretrain.registry.registry import get_registry
+    from pretrain.registry.schema import component_schema
+    from pretrain.spec.jsonschema import component_json_schema
 
     registry = get_registry()
     load_plugins(registry)
@@ -73,8 +73,8 @@ def _print_human(record: Any, schema: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from pretrain._schema import describe_type
     from pretrain.cli._console import console
+    from pretrain.registry.schema import describe_type
 
     console.print(f"[bold]{record.name}[/] ({record.kind}) from {record.distribution} {record.version}")
     console.print(f"[dim]{escape(record.value)}[/]\n")

@@ -51,14 +51,14 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
         ``accuracy/top{k}`` (percent), ``num_samples``, ``per_class`` (with class names).
 
     """
-    from pretrain._build import build_node
+    from pretrain.assembly.assemble import build_node
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.distributed import init_distributed
     from pretrain.engine.memory_format import to_channels_last
-    from pretrain.engine.spec import EvalSection
     from pretrain.engine.trainer import evaluate_loss, evaluate_model, load_weights, model_num_classes
     from pretrain.errors import PretrainError
+    from pretrain.spec.sections import EvalSection
 
     data = spec.sections.get("data")
     if data is None or data.val is None:
@@ -100,9 +100,9 @@ def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dic
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate."""
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.cli._console import console, print_json
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
     spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
     weights = _weights_file(Path(args.weights))

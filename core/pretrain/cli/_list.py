@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pretrain._kinds import KINDS
+from pretrain.registry.kinds import KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -29,11 +29,11 @@ def add_parser(sub: Any) -> None:
 
 def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
     """Rows for the listing (also used by tests and ``plugins``)."""
-    from pretrain._registry import get_registry, top_level_present
+    from pretrain.registry.registry import get_registry, top_level_present
 
     registry = get_registry()
     if details:
-        from pretrain._plugins import load_plugins
+        from pretrain.registry.plugins import load_plugins
 
         load_plugins(registry)
     rows: list[dict[str, Any]] = []
@@ -72,8 +72,8 @@ def collect(kind: str | None, details: bool) -> list[dict[str, Any]]:
 
 
 def _details(registry: Any, record: Any) -> tuple[str, str | None]:
-    from pretrain._schema import component_schema
     from pretrain.errors import PluginLoadError
+    from pretrain.registry.schema import component_schema
 
     try:
         cls = registry.load(record)

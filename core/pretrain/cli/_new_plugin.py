@@ -21,7 +21,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from pretrain._kinds import KINDS as _GROUPS
+from pretrain.registry.kinds import KINDS as _GROUPS
 
 __all__ = ["KINDS", "PluginPlan", "add_parser", "plan_plugin", "run", "write_plugin"]
 

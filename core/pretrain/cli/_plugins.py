@@ -24,8 +24,8 @@ def add_parser(sub: Any) -> None:
 
 def collect() -> dict[str, Any]:
     """Gather the report (loads every component and hook plugin, each in isolation)."""
-    from pretrain._plugins import load_plugins
-    from pretrain._registry import get_registry, normalize_dist
+    from pretrain.registry.plugins import load_plugins
+    from pretrain.registry.registry import get_registry, normalize_dist
 
     registry = get_registry()
     pm = load_plugins(registry)

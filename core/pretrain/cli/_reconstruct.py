@@ -96,7 +96,7 @@ def reconstruct_images(
 
     import torch
 
-    from pretrain._build import build_node
+    from pretrain.assembly.assemble import build_node
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.trainer import load_weights
@@ -186,10 +186,10 @@ def make_grid(images: dict[str, Tensor], *, scale: int | None = None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Write the reconstruction grid."""
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.cli._console import console
     from pretrain.errors import PretrainError
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
     if args.num < 1:
         raise PretrainError(f"--num must be at least 1, got {args.num}")

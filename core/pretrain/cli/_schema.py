@@ -23,8 +23,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print or write the schema."""
-    from pretrain._jsonschema import spec_json_schema
-    from pretrain._plugins import load_plugins
+    from pretrain.registry.plugins import load_plugins
+    from pretrain.spec.jsonschema import spec_json_schema
 
     load_plugins()
     schema = spec_json_schema()

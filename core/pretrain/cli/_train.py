@@ -55,9 +55,9 @@ def _changed_tables(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
 
 def run(args: argparse.Namespace) -> int:
     """Train."""
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.cli._console import console, err_console
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
     overrides = list(args.overrides)
     if args.seed is not None:

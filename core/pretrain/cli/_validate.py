@@ -39,9 +39,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate a spec."""
-    from pretrain._spec import load_spec
-    from pretrain._validate import validate_spec
     from pretrain.errors import SpecError, SpecIssue
+    from pretrain.spec.files import load_spec
+    from pretrain.spec.validate import validate_spec
 
     size = None
     if args.input_size:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     report = None
     try:
         spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
-        from pretrain._shapes import check_model
+        from pretrain.assembly.shapes import check_model
 
         report = check_model(spec, input_size=size)
         if report.issues:

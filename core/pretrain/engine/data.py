@@ -1,23 +1,4 @@
-"""The ``[data]`` spec section: datasets and transform pipelines -> batches on the device.
-
-A spec's data table, in full::
-
-    [data]
-    batch_size = 64          # per process
-    val_batch_size = 256     # default: batch_size
-    num_workers = 0          # DataLoader workers (datasets that are not kept in memory)
-    image_size = 32          # size the pipelines must produce (checked before training)
-    in_memory = "auto"       # true | false | "auto": one uint8 tensor (on the GPU on CUDA)
-    drop_last = false        # drop each epoch's last incomplete training batch
-
-    [data.train]
-    type = "Digits"
-    split = "train"
-    pipeline = [{type = "RandomCrop", size = 32, padding = 2}, {type = "RandomFlip"}]
-
-    [data.val]
-    type = "Digits"
-    split = "val"
+"""Data loading: a validated ``[data]`` section (:mod:`pretrain.spec.data_section`) -> batches.
 
 Two ways to feed the model, chosen per dataset:
 
@@ -43,201 +24,23 @@ gives exact metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from pretrain.engine.data_contracts import (
-    BaseDataset,
-    BaseTransform,
-    Batch,
-    Pipeline,
-    SkipSample,
-    TransformRef,
-    mix_seed,
-    to_channels,
-)
+from pretrain.assembly.assemble import build_node
+from pretrain.components import BaseDataset, Batch, Pipeline, SkipSample, mix_seed, to_channels
 from pretrain.errors import PretrainError
+from pretrain.spec.context import ComponentNode
+from pretrain.spec.data_section import SPLITS, DataOptions, DataSection, DatasetSpec
 
-if TYPE_CHECKING:
-    from pretrain._validate import ValidationContext
+__all__ = ["EvalLoader", "Loaders", "TrainLoader", "build_loaders"]
 
-__all__ = [
-    "BaseDataset",
-    "BaseTransform",
-    "Batch",
-    "DataOptions",
-    "DataSection",
-    "DatasetSpec",
-    "EvalLoader",
-    "Loaders",
-    "Pipeline",
-    "SkipSample",
-    "TrainLoader",
-    "TransformRef",
-    "build_loaders",
-    "json_schema",
-    "mix_seed",
-    "to_channels",
-    "validate_data_section",
-]
-
-# --------------------------------------------------------------------------- spec section
-
-
-class DataOptions(BaseModel):
-    """Plain fields of the ``[data]`` table (``train``/``val`` are component tables)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    batch_size: Annotated[int, Field(gt=0)] = Field(64, description="Images per batch per process.")
-    val_batch_size: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="Images per evaluation batch per process (default: batch_size)."
-    )
-    num_workers: Annotated[int, Field(ge=0)] = Field(
-        0, description="DataLoader worker processes for datasets not kept in memory."
-    )
-    image_size: Annotated[int, Field(gt=0)] | None = Field(
-        None,
-        description="Height and width the pipelines must produce (checked before training "
-        "and used by `pretrain validate`'s shape check).",
-    )
-    in_memory: bool | Literal["auto"] = Field(
-        "auto",
-        description="Keep the decoded dataset as one uint8 tensor on the training device "
-        "and augment whole batches there. auto: when the images share one size and fit "
-        "in in_memory_max_mb.",
-    )
-    in_memory_max_mb: Annotated[int, Field(gt=0)] = Field(
-        2048, description="Largest decoded dataset (MiB) that in_memory = 'auto' keeps in memory."
-    )
-    drop_last: bool = Field(False, description="Drop each epoch's incomplete last training batch.")
-
-
-_SPLITS = ("train", "val")
 #: Seed of evaluation-time augmentation (independent of the run's seed).
 _EVAL_SEED = 0
-_SPLIT_KEYS = ("type", "pipeline")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One of ``[data.train]``/``[data.val]``: a dataset and its pipeline.
-
-    Attributes:
-        dataset: A validated ``ComponentNode``, or an already built dataset.
-        pipeline: Validated transform nodes or built transform modules, in order.
-        loc: Spec path, for error messages.
-
-    """
-
-    dataset: Any
-    pipeline: tuple[Any, ...] = ()
-    loc: str = "data"
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """The validated ``[data]`` table.
-
-    Attributes:
-        options: Batch size, workers, in-memory policy, ...
-        train: Training dataset and pipeline, if given.
-        val: Validation dataset and pipeline, if given.
-
-    """
-
-    options: DataOptions
-    train: DatasetSpec | None = None
-    val: DatasetSpec | None = None
-
-
-def _validate_split(value: Any, ctx: ValidationContext, loc: str) -> DatasetSpec | None:
-    if not isinstance(value, Mapping):
-        ctx.add(loc, "expected a table with a 'type' (a dataset) and an optional 'pipeline' "
-                "list of transforms, e.g. {type = \"Digits\", split = \"train\"}")
-        return None
-    table = dict(value)
-    pipeline = table.pop("pipeline", [])
-    before = len(ctx.issues)
-    nodes = ctx.components("transform", pipeline, f"{loc}.pipeline")
-    node = ctx.component("dataset", table, loc)
-    if node is None or len(ctx.issues) > before:
-        return None
-    return DatasetSpec(node, tuple(nodes), loc)
-
-
-def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -> DataSection | None:
-    """Validate a spec's ``[data]`` table, recording every problem in ``ctx``.
-
-    Args:
-        raw: The table as parsed from TOML/JSON.
-        ctx: Validation context (collects issues; resolves component types).
-        loc: Spec path of the table.
-
-    Returns:
-        The validated section, or None when anything is wrong (see ``ctx.issues``).
-
-    """
-    if not isinstance(raw, Mapping):
-        ctx.add(loc, f"expected a table (batch_size, train, val, ...), got {type(raw).__name__}")
-        return None
-    before = len(ctx.issues)
-    options: DataOptions | None = None
-    try:
-        options = DataOptions.model_validate({k: v for k, v in raw.items() if k not in _SPLITS})
-    except ValidationError as exc:
-        ctx.add_pydantic(exc, loc, [*DataOptions.model_fields, *_SPLITS])
-    splits = {name: _validate_split(raw[name], ctx, f"{loc}.{name}") for name in _SPLITS if name in raw}
-    if not any(name in raw for name in _SPLITS):
-        ctx.add(loc, "no dataset: add [data.train] and/or [data.val] tables, "
-                "e.g. [data.train] type = \"Digits\"")
-    if options is None or len(ctx.issues) > before:
-        return None
-    return DataSection(options, splits.get("train"), splits.get("val"))
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of the ``[data]`` table for ``pretrain schema``.
-
-    ``train``/``val`` are a ``oneOf`` over the installed datasets, each extended with
-    ``pipeline`` (items refer to ``#/$defs/transform``, which the spec schema defines).
-    Broken dataset plugins are left out.
-    """
-    from pretrain._registry import get_registry
-    from pretrain._schema import component_schema
-    from pretrain.errors import PluginLoadError
-
-    schema = DataOptions.model_json_schema(ref_template="#/$defs/{model}")
-    defs: dict[str, Any] = schema.setdefault("$defs", {})
-    pipeline = {"type": "array", "items": {"$ref": "#/$defs/transform"},
-                "description": "Transforms applied in order to every image."}
-    registry = get_registry()
-    variants, mapping = [], {}
-    for record in registry.entries("dataset"):
-        try:
-            cls = registry.load(record)
-        except PluginLoadError:
-            continue
-        variant = component_schema(cls, "dataset", record.name).json_schema(record.qualified_name)
-        defs.update(variant.pop("$defs", {}))
-        variant["properties"]["pipeline"] = pipeline
-        name = f"data_{record.qualified_name.replace(':', '__')}"
-        defs[name] = variant
-        variants.append({"$ref": f"#/$defs/{name}"})
-        mapping[record.name] = f"#/$defs/{name}"
-    split: dict[str, Any] = {
-        "description": "A dataset table (`type` and its fields) plus an optional `pipeline`.",
-        "oneOf": variants or [{"not": {}}],
-        "discriminator": {"propertyName": "type", "mapping": mapping},
-    }
-    schema["properties"].update({"train": split, "val": split})
-    schema["title"] = "data"
-    return schema
 
 
 # --------------------------------------------------------------------------- sources
@@ -245,15 +48,7 @@ def json_schema() -> dict[str, Any]:
 
 def _build(obj: Any) -> Any:
     """Build a validated node; pass through objects that are already built."""
-    try:
-        from pretrain._validate import ComponentNode
-    except ImportError:  # pragma: no cover - core without the validator
-        return obj
-    if isinstance(obj, ComponentNode):
-        from pretrain._build import build_node
-
-        return build_node(obj)
-    return obj
+    return build_node(obj) if isinstance(obj, ComponentNode) else obj
 
 
 class _MemorySource:
@@ -567,7 +362,7 @@ def build_loaders(
     seed: int,
     num_classes: int | None,
     in_channels: int | None = None,
-    splits: Sequence[str] = _SPLITS,
+    splits: Sequence[str] = SPLITS,
 ) -> Loaders:
     """Build the datasets of ``section`` and their loaders, checking the data first.
 

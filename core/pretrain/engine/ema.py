@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from pretrain.engine.spec import EMAConfig
+from pretrain.spec.sections import EMAConfig
 
 __all__ = ["ModelEMA"]
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.engine.spec import (
+from pretrain.errors import PretrainError
+from pretrain.spec.sections import (
     AdamConfig,
     AdamWConfig,
     OptimizerConfig,
@@ -28,7 +29,6 @@ from pretrain.engine.spec import (
     RMSpropConfig,
     SGDConfig,
 )
-from pretrain.errors import PretrainError
 
 __all__ = ["build_optimizer", "param_groups"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pretrain.engine.spec import (
+from pretrain.spec.sections import (
     ConstantSchedule,
     CosineSchedule,
     MultiStepSchedule,

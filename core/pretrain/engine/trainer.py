@@ -49,8 +49,8 @@ from pretrain.engine.optim import build_optimizer
 from pretrain.engine.progress import ProgressReporter
 from pretrain.engine.rundir import RunDir
 from pretrain.engine.schedule import build_schedule
-from pretrain.engine.spec import EvalSection, TrainSection
 from pretrain.errors import PretrainError
+from pretrain.spec.sections import EvalSection, TrainSection
 
 __all__ = [
     "NonFiniteLossError",
@@ -217,9 +217,9 @@ class Trainer:
 
     def setup(self) -> None:
         """Build everything (model, data, optimizer, ...) and restore a checkpoint if resuming."""
-        from pretrain._build import build_node
-        from pretrain._plugins import get_plugin_manager
+        from pretrain.assembly.assemble import build_node
         from pretrain.engine.data import build_loaders
+        from pretrain.registry.plugins import get_plugin_manager
 
         cfg = self.cfg
         self.dist = d = init_distributed(self._device_arg or cfg.device)
@@ -235,7 +235,7 @@ class Trainer:
         self._configure_backends()
 
         torch.manual_seed(seed)  # identical initial weights on every rank
-        model: nn.Module = build_node(self.spec.model)
+        model: nn.Module = build_node(self.spec.model, console=self.console if d.is_main else None)
         if cfg.sync_bn and d.distributed and self.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
         model.to(self.device)

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
-from pretrain._kinds import KIND_INFO
-from pretrain._registry import get_registry
-from pretrain._schema import SchemaDerivationError, component_schema
+from pretrain.registry.kinds import KIND_INFO
+from pretrain.registry.registry import get_registry
+from pretrain.registry.schema import SchemaDerivationError, component_schema
 from pretrain.testing._helpers import (
     call,
     close,

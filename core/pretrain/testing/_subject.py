@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from pretrain._build import build_node
-from pretrain._kinds import KINDS
-from pretrain._registry import RUNTIME_DISTRIBUTION, EntryRecord, get_registry
-from pretrain._schema import SchemaDerivationError, component_schema
-from pretrain._validate import ComponentNode, ValidationContext
+from pretrain.assembly.assemble import build_node
 from pretrain.errors import PretrainError
+from pretrain.registry.kinds import KINDS
+from pretrain.registry.registry import RUNTIME_DISTRIBUTION, EntryRecord, get_registry
+from pretrain.registry.schema import SchemaDerivationError, component_schema
+from pretrain.spec.validate import ComponentNode, ValidationContext
 
 __all__ = ["ComponentCheckError", "Subject", "resolve_subject"]
 

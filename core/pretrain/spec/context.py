@@ -1,32 +1,29 @@
-"""Spec validation: every error at once, each with its spec path, before anything is built.
+"""The validation context: collects path-tagged issues while a spec is validated (torch-free).
 
-A ``type`` is only ever resolved through the registry, never as an import path.
+:class:`ValidationContext` is shared by the component validator and every section
+validator (``[data]``, ``[train]``, ``[eval]``), so pydantic errors become
+:class:`~pretrain.errors.SpecIssue` s in exactly one place
+(:meth:`ValidationContext.add_pydantic`) and every message reads the same.
 """
 
 from __future__ import annotations
 
-import difflib
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from pretrain._registry import EntryRecord, Registry, get_registry
-from pretrain._schema import (
-    RESERVED_FIELDS,
-    ComponentSchema,
-    SchemaDerivationError,
-    component_schema,
-)
-from pretrain.errors import ComponentLookupError, PluginLoadError, SpecError, SpecIssue
+from pretrain.errors import ComponentLookupError, PluginLoadError, SpecIssue, did_you_mean
+from pretrain.registry.records import EntryRecord
+from pretrain.registry.registry import Registry, get_registry
+from pretrain.registry.schema import RESERVED_FIELDS, ComponentSchema, SchemaDerivationError, component_schema
+from pretrain.spec.init_rules import Rule, validate_init
+from pretrain.spec.paths import clean_loc, join_loc
+from pretrain.spec.paths import known_fields as known_fields_of
 
-__all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "validate_spec"]
-
-#: Top-level tables a spec may have. ``model`` is required.
-TOP_LEVEL = ("model", "data", "train", "eval", "name", "description")
-ENGINE_SECTIONS = ("data", "train", "eval")
+__all__ = ["ComponentNode", "ValidationContext"]
 
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -74,38 +71,6 @@ class ComponentNode:
         return value if isinstance(value, ComponentNode) else None
 
 
-@dataclass
-class ValidatedSpec:
-    """A spec that passed validation.
-
-    Attributes:
-        raw: The merged spec as data (what ``spec.toml`` in a run directory holds).
-        model: The validated ``model`` component tree.
-        sections: Validated engine sections (``data``, ``train``, ``eval``) by name.
-        source: File the spec came from, if any.
-
-    """
-
-    raw: dict[str, Any]
-    model: ComponentNode
-    sections: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
-
-
-def _loc(*parts: object) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part != "":
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _suggest(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=2, cutoff=0.6)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
 
 class ValidationContext:
     """Collects issues while validating; used by the core and by engine sections.
@@ -124,32 +89,47 @@ class ValidationContext:
         self.issues.append(SpecIssue(loc, msg))
 
     def add_pydantic(
-        self, exc: ValidationError, prefix: str, known_fields: Sequence[str] = ()
+        self, exc: ValidationError, prefix: str, root: Any = None, known_fields: Sequence[str] = ()
     ) -> None:
-        """Record a pydantic error's entries under ``prefix``.
+        """Record a pydantic error's entries under ``prefix``: the one place this happens.
 
-        Union branches of one field are folded into one issue, and unknown keys get a
-        did-you-mean over ``known_fields``.
+        Union members are dropped from paths (``train.optimizer.momentum``, not
+        ``train.optimizer.SGD.momentum``), the errors of a union's branches for one
+        field are folded into one issue, unknown keys get a did-you-mean over the
+        fields of the table they were given to, and an unknown discriminator value
+        (``type = "Lion"``) lists the choices.
+
+        Args:
+            exc: The pydantic error.
+            prefix: Spec path of the validated value (``model.head``, ``train``).
+            root: The annotation the value was validated against (model class,
+                ``list[Rule]``...), which lets paths and field lists be exact.
+            known_fields: Accepted keys at the top level, when they differ from the
+                model's fields (a component table also takes ``type`` and ``init``).
+
         """
-        by_field: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        by_field: dict[tuple[Any, ...], list[tuple[dict[str, Any], Any]]] = {}
         for err in exc.errors(include_url=False):
-            parts = tuple(p for p in err["loc"] if not _is_union_tag(p))
-            by_field.setdefault(parts, []).append(dict(err))
+            parts, _ = clean_loc(root, err["loc"])
+            by_field.setdefault(tuple(parts), []).append((dict(err), err["loc"]))
         for parts, errs in by_field.items():
-            loc = _loc(prefix, *parts)
-            first = errs[0]
+            loc = join_loc(prefix, *parts)
+            first, raw_loc = errs[0]
             if first["type"] == "extra_forbidden":
                 key = str(parts[-1]) if parts else "?"
-                parent = _loc(prefix, *parts[:-1])
-                fields = ", ".join(known_fields) or "none"
-                self.add(
-                    _loc(parent, key),
-                    f"unknown field{_suggest(key, known_fields)} (accepted fields: {fields})",
-                )
+                _, parent = clean_loc(root, raw_loc[:-1])
+                fields = known_fields if len(parts) == 1 and known_fields else known_fields_of(parent)
+                accepted = ", ".join(fields) or "none"
+                self.add(loc, f"unknown field{did_you_mean(key, fields)} (accepted fields: {accepted})")
             elif first["type"] == "missing":
                 self.add(loc, "required field is missing")
+            elif first["type"] == "union_tag_invalid":
+                tag = str(first["ctx"]["tag"])
+                names = [t.strip(" '") for t in str(first["ctx"]["expected_tags"]).split(",")]
+                choices = ", ".join(names)
+                self.add(loc, f"unknown type {tag!r}{did_you_mean(tag, names, n=1)} (choose one of: {choices})")
             else:
-                msgs = list(dict.fromkeys(e["msg"] for e in errs))
+                msgs = list(dict.fromkeys(e["msg"] for e, _ in errs))
                 got = first.get("input")
                 self.add(loc, " / ".join(msgs) + f" (got {_short.repr(got)})")
 
@@ -164,20 +144,20 @@ class ValidationContext:
         type_name = value.get("type")
         if type_name is None:
             names = ", ".join(self.registry.names(kind)[:12])
-            self.add(_loc(loc, "type"), f"missing; choose a {kind} type, e.g. one of: {names}")
+            self.add(join_loc(loc, "type"), f"missing; choose a {kind} type, e.g. one of: {names}")
             return None
         if not isinstance(type_name, str):
-            self.add(_loc(loc, "type"), f"must be a string, got {_short.repr(type_name)}")
+            self.add(join_loc(loc, "type"), f"must be a string, got {_short.repr(type_name)}")
             return None
         try:
             record = self.registry.resolve(kind, type_name)
             cls = self.registry.load(record)
             schema = component_schema(cls, kind, record.name)
         except (ComponentLookupError, PluginLoadError) as exc:
-            self.add(_loc(loc, "type"), f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
+            self.add(join_loc(loc, "type"), f"{exc.message}. {exc.hint}" if exc.hint else exc.message)
             return None
         except SchemaDerivationError as exc:  # pragma: no cover - the registry validator catches it
-            self.add(_loc(loc, "type"), f"{kind} {type_name!r} is not a valid component: {exc}")
+            self.add(join_loc(loc, "type"), f"{kind} {type_name!r} is not a valid component: {exc}")
             return None
         return self._fields(kind, type_name, record, cls, schema, value, loc)
 
@@ -202,7 +182,7 @@ class ValidationContext:
         if not isinstance(values, list):
             self.add(loc, f"expected a list of {kind} tables, got {_short.repr(values)}")
             return []
-        nodes = [self.component(kind, v, _loc(loc, i)) for i, v in enumerate(values)]
+        nodes = [self.component(kind, v, join_loc(loc, i)) for i, v in enumerate(values)]
         return [n for n in nodes if n is not None]
 
     def _fields(
@@ -222,7 +202,7 @@ class ValidationContext:
         try:
             instance = schema.model.model_validate(fields)
         except ValidationError as exc:
-            self.add_pydantic(exc, loc, known)
+            self.add_pydantic(exc, loc, schema.model, known)
             instance = None
         if instance is not None:
             params = {
@@ -233,7 +213,7 @@ class ValidationContext:
         children: dict[str, ComponentNode | list[ComponentNode] | None] = {}
         for name, nested in schema.nested.items():
             sub = value.get(name, nested.default)
-            sub_loc = _loc(loc, name)
+            sub_loc = join_loc(loc, name)
             if sub is None:
                 if nested.required and name in value:
                     self.add(sub_loc, f"a {nested.kind} is required here")
@@ -244,11 +224,11 @@ class ValidationContext:
                 children[name] = self.component(nested.kind, sub, sub_loc)
         init_rules = None
         if "init" in value:
-            init_rules = self._init_rules(value["init"], _loc(loc, "init"))
+            init_rules = self._init_rules(value["init"], join_loc(loc, "init"))
         if instance is not None and hasattr(cls, "spec_issues"):
             try:
                 for field_name, msg in cls.spec_issues(params):
-                    self.add(_loc(loc, field_name), msg)
+                    self.add(join_loc(loc, field_name), msg)
             except Exception as exc:
                 self.add(loc, f"{type_name}.spec_issues failed: {type(exc).__name__}: {exc}")
         if len(self.issues) > before:
@@ -256,65 +236,10 @@ class ValidationContext:
         return ComponentNode(kind, type_name, record, cls, schema, params, children, init_rules, loc)
 
     def _init_rules(self, value: Any, loc: str) -> list[Any] | None:
-        from pretrain.init import validate_init
-
         if isinstance(value, Mapping):
             value = [value]
         try:
             return list(validate_init(value))
-        except ValidationError as exc:
-            self.add_pydantic(exc, loc)
+        except ValidationError as exc:  # locations already relative to the `init` list
+            self.add_pydantic(exc, loc, list[Rule])
             return None
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the union member (``int``, ``tuple[int, ...]``, ``literal['a']``,
-    # ``function-after[...]``) into ``loc``; users think in spec keys only.
-    return (isinstance(part, str) and any(c in part for c in "[]() ,'")) or part in (
-        "int", "float", "str", "bool", "list", "tuple", "dict", "none", "json-or-python"
-    )
-
-
-def validate_spec(
-    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
-) -> ValidatedSpec:
-    """Validate a merged spec (see :func:`pretrain.load_spec`).
-
-    Args:
-        raw: The spec as data.
-        registry: Registry to resolve types in (process-wide by default).
-        source: File name for messages.
-
-    Returns:
-        The validated spec.
-
-    Raises:
-        SpecError: With every issue found, each with its spec path.
-
-    """
-    from pretrain._plugins import load_plugins
-
-    ctx = ValidationContext(registry)
-    load_plugins(ctx.registry)
-    if not isinstance(raw, Mapping):
-        raise SpecError([SpecIssue("", "a spec must be a table/object")], source=source)
-    for key in raw:
-        if key not in TOP_LEVEL:
-            allowed = ", ".join(TOP_LEVEL)
-            ctx.add(str(key), f"unknown top-level table{_suggest(str(key), TOP_LEVEL)} (allowed: {allowed})")
-    for key in ("name", "description"):
-        if key in raw and not isinstance(raw[key], str):
-            ctx.add(key, "must be a string")
-    model = None
-    if "model" not in raw:
-        ctx.add("model", "required table is missing; a spec needs [model] with a type")
-    else:
-        model = ctx.component("model", raw["model"], "model")
-    sections: dict[str, Any] = {}
-    if any(k in raw for k in ENGINE_SECTIONS):
-        from pretrain.engine.spec import validate_sections
-
-        sections = validate_sections(raw, ctx)
-    if ctx.issues or model is None:
-        raise SpecError(ctx.issues, source=source)
-    return ValidatedSpec(dict(raw), model, sections, source)

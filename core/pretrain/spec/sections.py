@@ -34,15 +34,14 @@ A ``[train]`` table, in full::
 
 from __future__ import annotations
 
-import difflib
-import typing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-if TYPE_CHECKING:
-    from pretrain._validate import ValidationContext
+from pretrain.spec.context import ValidationContext
+from pretrain.spec.data_section import json_schema as data_json_schema
+from pretrain.spec.data_section import validate_data_section
 
 __all__ = [
     "AdamConfig",
@@ -326,90 +325,6 @@ class EvalSection(_Strict):
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"train": TrainSection, "eval": EvalSection}
 
 
-def _members(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models inside an annotation (``X | None``, ``Annotated[A | B, ...]``)."""
-    out: list[type[BaseModel]] = []
-    stack = [annotation]
-    while stack:
-        tp = stack.pop()
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            out.append(tp)
-        else:
-            stack.extend(typing.get_args(tp))
-    return out
-
-
-def _walk(root: type[BaseModel], parts: tuple[Any, ...]) -> tuple[list[Any], type[BaseModel] | None]:
-    """Drop pydantic's union tags from ``parts``; return them with the model at the end."""
-    clean: list[Any] = []
-    current: type[BaseModel] | None = root
-    candidates: list[type[BaseModel]] = []
-    dict_key = False
-    for part in parts:
-        if dict_key:  # a key of a ``dict[str, Model]`` field: stay on Model
-            clean.append(part)
-            dict_key = False
-            continue
-        if candidates:  # a union member's tag (discriminator value or class name)
-            tagged = [m for m in candidates if part in (m.__name__, _tag(m))]
-            candidates = []
-            if tagged:
-                current = tagged[0]
-                continue
-        clean.append(part)
-        field = current.model_fields.get(part) if current is not None else None
-        if field is None:
-            current = None
-            continue
-        members = _members(field.annotation)
-        dict_key = any(typing.get_origin(a) is dict for a in (field.annotation, *typing.get_args(field.annotation)))
-        if len(members) == 1:
-            current = members[0]
-        elif members:
-            current, candidates = None, members
-        else:
-            current = None
-    return clean, current
-
-
-def _tag(model: type[BaseModel]) -> Any:
-    field = model.model_fields.get("type")
-    args = typing.get_args(field.annotation) if field is not None else ()
-    return args[0] if len(args) == 1 else None
-
-
-def _report(exc: ValidationError, prefix: str, root: type[BaseModel], ctx: ValidationContext) -> None:
-    """Add pydantic errors to ``ctx`` with spec paths (union tags removed) and did-you-means."""
-    seen: set[tuple[str, str]] = set()
-    for err in exc.errors(include_url=False):
-        parts, _ = _walk(root, tuple(err["loc"]))
-        loc = ".".join([prefix, *(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)])
-        loc = loc.replace(".[", "[")
-        if err["type"] == "extra_forbidden":
-            _, parent = _walk(root, tuple(err["loc"][:-1]))
-            known = [f for f in parent.model_fields] if parent is not None else []
-            key = str(parts[-1]) if parts else "?"
-            close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            msg = f"unknown field{hint} (accepted fields: {', '.join(known) or 'none'})"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif err["type"] == "union_tag_invalid":
-            tag, expected = str(err["ctx"]["tag"]), str(err["ctx"]["expected_tags"])
-            names = [t.strip(" '") for t in expected.split(",")]
-            close = [n for n in names if n.lower() == tag.lower()] or difflib.get_close_matches(
-                tag, names, n=1, cutoff=0.6
-            )
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            msg = f"unknown type {tag!r}{hint} (choose one of: {', '.join(names)})"
-        else:
-            got = repr(err.get("input"))
-            msg = f"{err['msg']} (got {got[:60]})"
-        if (loc, msg) not in seen:
-            seen.add((loc, msg))
-            ctx.add(loc, msg)
-
-
 def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[str, Any]:
     """Validate the engine tables of a spec (``data``, ``train``, ``eval``).
 
@@ -423,8 +338,6 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
     """
     out: dict[str, Any] = {}
     if "data" in raw:
-        from pretrain.engine.data import validate_data_section
-
         data = validate_data_section(raw["data"], ctx, "data")
         if data is not None:
             out["data"] = data
@@ -440,7 +353,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
         try:
             out[name] = model.model_validate(dict(value))
         except ValidationError as exc:
-            _report(exc, name, model, ctx)
+            ctx.add_pydantic(exc, name, model)
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)
@@ -476,6 +389,4 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def section_json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schemas of every engine table (``data``, ``train``, ``eval``) for ``pretrain schema``."""
-    from pretrain.engine.data import json_schema as data_json_schema
-
     return {"data": data_json_schema(), **json_schemas()}

@@ -4,7 +4,7 @@ Three tiers of laziness (see ``docs/architecture.md``):
 
 1. listing reads entry-point metadata only: no plugin module, no torch, no pydantic;
 2. looking a component up imports its module the first time it is needed;
-3. building it (``pretrain._build``) calls the class.
+3. building it (``pretrain.assembly.assemble``) calls the class.
 
 Every ``load`` is isolated: a plugin that fails to import, points at a missing
 attribute or is not a valid component becomes a recorded :class:`LoadFailure`
@@ -16,7 +16,6 @@ naming the distribution, its version, the entry point and the error. Set
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -27,8 +26,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pretrain._kinds import KINDS, PLUGIN_GROUP, kind_of_group
-from pretrain.errors import ComponentLookupError, PluginLoadError
+from pretrain.errors import ComponentLookupError, PluginLoadError, close_matches
+from pretrain.registry.kinds import KINDS, PLUGIN_GROUP, kind_of_group
+from pretrain.registry.records import EntryRecord, LoadFailure
 
 __all__ = [
     "BUILTIN_DISTRIBUTION",
@@ -54,54 +54,6 @@ def normalize_dist(name: str) -> str:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class EntryRecord:
-    """One registered component, as known before (or without) importing it.
-
-    Attributes:
-        kind: Component kind (``backbone``, ``loss``, ...).
-        name: The spec ``type`` value.
-        value: ``module:attr`` it points at (``<runtime>`` for in-process registrations).
-        distribution: Distribution that provides it.
-        version: That distribution's version.
-        source: ``entry-point``, ``hook`` (pluggy) or ``runtime`` (``register``).
-
-    """
-
-    kind: str
-    name: str
-    value: str
-    distribution: str
-    version: str
-    source: str = "entry-point"
-
-    @property
-    def qualified_name(self) -> str:
-        """``distribution:Name``, unique even when the bare name is not."""
-        return f"{self.distribution}:{self.name}"
-
-    @property
-    def module(self) -> str:
-        """The module part of :attr:`value`."""
-        return self.value.partition(":")[0]
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """A component that could not be loaded, and why."""
-
-    record: EntryRecord
-    error: str
-
-    def describe(self) -> str:
-        """One line naming distribution, version, entry point and error."""
-        r = self.record
-        return (
-            f"{r.kind} {r.name!r} from distribution {r.distribution} {r.version} "
-            f"(entry point {r.name} = {r.value}): {self.error}"
-        )
 
 
 @dataclass
@@ -317,10 +269,7 @@ class Registry:
         bare = type_name.rpartition(":")[2]
         names = self.names(kind)
         parts = [f"unknown {kind} type {type_name!r}"]
-        close = difflib.get_close_matches(bare, names, n=3, cutoff=0.6)
-        if not close:
-            lowered = {n.lower(): n for n in names}
-            close = [lowered[c] for c in difflib.get_close_matches(bare.lower(), list(lowered), n=3)]
+        close = close_matches(bare, names, n=3)
         if close:
             parts.append("did you mean " + " or ".join(repr(c) for c in close) + "?")
         other_kinds = sorted({r.kind for r in self.entries() if r.name == bare and r.kind != kind})
@@ -395,8 +344,8 @@ class Registry:
 
 
 def _check_contract(record: EntryRecord, obj: Any) -> None:
-    # Imported on first load, not at listing time: the check needs pydantic (and torch).
-    from pretrain._schema import check_component_contract
+    # Imported on first load, not at listing time: the check needs pydantic.
+    from pretrain.registry.schema import check_component_contract
 
     check_component_contract(record, obj)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pretrain._kinds import KIND_INFO
-from pretrain._registry import EntryRecord, Registry, get_registry
-from pretrain._schema import ComponentSchema, component_schema
 from pretrain.errors import PluginLoadError
+from pretrain.registry.kinds import KIND_INFO
+from pretrain.registry.registry import EntryRecord, Registry, get_registry
+from pretrain.registry.schema import ComponentSchema, component_schema
 
 __all__ = ["component_json_schema", "spec_json_schema"]
 
@@ -26,7 +26,7 @@ def _hoist(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _init_rules_schema() -> dict[str, Any]:
-    from pretrain.init import init_rules_json_schema
+    from pretrain.spec.init_rules import init_rules_json_schema
 
     return init_rules_json_schema()
 
@@ -99,7 +99,7 @@ def spec_json_schema(registry: Registry | None = None) -> dict[str, Any]:
         "description": {"type": "string"},
         "model": {"$ref": "#/$defs/model"},
     }
-    from pretrain.engine.spec import section_json_schemas
+    from pretrain.spec.sections import section_json_schemas
 
     for name, section in section_json_schemas().items():
         properties[name] = _hoist(section, defs)

@@ -1,8 +1,8 @@
 """Contracts of the ``dataset`` and ``transform`` kinds, and the helpers both paths share.
 
 Third-party datasets subclass (or duck-type) :class:`BaseDataset`; transforms
-subclass :class:`BaseTransform`. Import them from ``pretrain.engine.data``, which
-re-exports everything here.
+subclass :class:`BaseTransform`. Import them from :mod:`pretrain.components`, their
+one documented home (this private module only keeps that file short).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Annotated, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pretrain._kinds import ComponentRef
 from pretrain.errors import PretrainError
+from pretrain.registry.kinds import ComponentRef
 
 __all__ = [
     "BaseDataset",

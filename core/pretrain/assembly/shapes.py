@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain._validate import ComponentNode, ValidatedSpec
+from pretrain.spec.validate import ComponentNode, ValidatedSpec
 from pretrain.errors import PretrainError, SpecIssue
 
 __all__ = ["ShapeReport", "check_model"]
@@ -87,7 +87,7 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
     """
     import torch
 
-    from pretrain._build import build_tree
+    from pretrain.assembly.assemble import build_tree
 
     issues: list[SpecIssue] = []
     stages: list[tuple[str, str]] = []

@@ -8,8 +8,8 @@ from typing import Any
 import pluggy
 
 from pretrain import hookspecs
-from pretrain._registry import EntryRecord, Registry, _import_value, get_registry
 from pretrain.errors import PluginLoadError
+from pretrain.registry.registry import EntryRecord, Registry, _import_value, get_registry
 
 __all__ = ["get_plugin_manager", "load_plugins", "reset_plugin_manager"]
 

@@ -9,6 +9,7 @@ refuses any mismatch before touching the module.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ if TYPE_CHECKING:
     from rich.console import Console
     from torch import Tensor, nn
 
-    from pretrain.init import Pretrained
+    from pretrain.spec.init_rules import Pretrained
 
 __all__ = ["LoadReport", "load_pretrained"]
+
+_log = logging.getLogger("pretrain.init")
 
 
 @dataclass
@@ -51,17 +54,6 @@ class LoadReport:
     def clean(self) -> bool:
         """True when every key matched."""
         return not (self.missing or self.unexpected or self.mismatched)
-
-
-def _err_console() -> Console:
-    try:
-        from pretrain.cli._console import err_console
-
-        return err_console
-    except ImportError:
-        from rich.console import Console
-
-        return Console(stderr=True)
 
 
 def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor]:
@@ -154,7 +146,7 @@ def _short(keys: Sequence[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _print_report(report: LoadReport, loc: str) -> None:
+def _print_report(report: LoadReport, loc: str, console: Console | None) -> None:
     from rich.table import Table
 
     table = Table()
@@ -175,18 +167,29 @@ def _print_report(report: LoadReport, loc: str) -> None:
             _short(keys, 4) if label != "loaded" else "",
             style=style if keys and label != "loaded" else None,
         )
-    console = _err_console()
+    if console is None:
+        # Library use: one log line; the CLI passes its console and gets the table.
+        _log.info(
+            "Pretrained weights for %s: %s (loaded %d, missing %d, unexpected %d, shape mismatch %d)",
+            loc, report.checkpoint, len(report.loaded), len(report.missing), len(report.unexpected),
+            len(report.mismatched),
+        )
+        return
     console.print(f"Pretrained weights for {loc}: {report.checkpoint}", soft_wrap=True, markup=False)
     console.print(table)
 
 
-def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadReport:
-    """Load ``rule.checkpoint`` into ``module`` and print a summary table (stderr).
+def load_pretrained(
+    module: nn.Module, rule: Pretrained, *, loc: str, console: Console | None = None
+) -> LoadReport:
+    """Load ``rule.checkpoint`` into ``module`` and report what matched.
 
     Args:
         module: The component to fill.
         rule: The validated ``Pretrained`` rule.
         loc: Spec path of the rule (``model.backbone.init[0]``) for messages.
+        console: Where the table of loaded/missing/unexpected keys goes; without one
+            a summary is logged (logger ``pretrain.init``).
 
     Returns:
         The :class:`LoadReport`; under ``strict`` it is always clean.
@@ -221,7 +224,7 @@ def load_pretrained(module: nn.Module, rule: Pretrained, *, loc: str) -> LoadRep
         else:
             report.loaded.append(key)
     report.unexpected = sorted(k for k in state if k not in own)
-    _print_report(report, loc)
+    _print_report(report, loc, console)
     if rule.strict and not report.clean:
         parts = []
         if report.missing:

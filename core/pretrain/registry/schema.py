@@ -7,7 +7,7 @@ A plugin author writes an ordinary class::
                      loss: Annotated[nn.Module, ComponentRef("loss")] = CE_DEFAULT) -> None:
 
 and gets a pydantic model (``extra="forbid"``) for the plain fields, a list of nested
-component fields (validated recursively by ``pretrain._validate``), field
+component fields (validated recursively by ``pretrain.spec.validate``), field
 descriptions from the Google-style ``Args:`` docstring, and a JSON Schema.
 A class may instead set ``config_model`` to an explicit pydantic model.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -26,8 +27,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 
-from pretrain._kinds import KIND_INFO, KINDS, ComponentRef
-from pretrain._registry import EntryRecord
+from pretrain.registry.kinds import KIND_INFO, KINDS, ComponentRef
+from pretrain.registry.records import EntryRecord
 
 __all__ = [
     "RESERVED_FIELDS",
@@ -345,9 +346,9 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
     # Only the kinds whose contract is a forward pass need nn.Module; a plain-module
     # transform or a dataset class is also fine.
     if info.module and info.weights:
-        from torch import nn
-
-        if not issubclass(obj, nn.Module):
+        # A Module subclass means torch is imported already; the registry never imports it.
+        nn = sys.modules.get("torch.nn")
+        if nn is None or not issubclass(obj, nn.Module):
             raise TypeError(
                 f"{obj.__qualname__} is not a torch.nn.Module subclass; every {record.kind} must be"
             )

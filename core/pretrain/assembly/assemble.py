@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pretrain._spec import load_spec
-from pretrain._validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
+from pretrain.spec.files import load_spec
+from pretrain.spec.validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
 from pretrain.errors import PretrainError, SpecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["build", "build_from_spec", "build_model", "build_node", "build_tree"]
 
@@ -48,16 +51,16 @@ def _construct(node: ComponentNode, built: dict[int, Any]) -> Any:
 
 @functools.cache
 def _default_rules(cls: type) -> tuple[Any, ...]:
-    from pretrain.init import validate_init
+    from pretrain.spec.init_rules import validate_init
 
     rules = getattr(cls, "default_init", None) or []
     return tuple(validate_init(list(rules)))
 
 
-def _initialise(root: ComponentNode, built: dict[int, Any]) -> None:
+def _initialise(root: ComponentNode, built: dict[int, Any], console: Console | None = None) -> None:
     from torch import nn
 
-    from pretrain.init import apply_init
+    from pretrain.assembly.weight_init import apply_init
 
     order = list(root.walk())
     on_meta = any(
@@ -75,7 +78,8 @@ def _initialise(root: ComponentNode, built: dict[int, Any]) -> None:
                 # A user's rules must match; a class default that does not fit this
                 # configuration (e.g. no GroupNorm present) is skipped.
                 apply_init(
-                    module, rules, loc=f"{node.loc}.init", pretrained=pretrained, strict=node.init is not None
+                    module, rules, loc=f"{node.loc}.init", pretrained=pretrained,
+                    strict=node.init is not None, console=console,
                 )
         if not pretrained:
             for node in reversed(order):
@@ -84,18 +88,23 @@ def _initialise(root: ComponentNode, built: dict[int, Any]) -> None:
                     hook()
 
 
-def build_tree(node: ComponentNode, *, init: bool = True) -> tuple[Any, dict[int, Any]]:
-    """Build ``node`` and return it with a map ``id(node) -> built object`` for every node."""
+def build_tree(
+    node: ComponentNode, *, init: bool = True, console: Console | None = None
+) -> tuple[Any, dict[int, Any]]:
+    """Build ``node`` and return it with a map ``id(node) -> built object`` for every node.
+
+    ``console`` receives the table of each ``Pretrained`` rule (else it is logged).
+    """
     built: dict[int, Any] = {}
     obj = _construct(node, built)
     if init:
-        _initialise(node, built)
+        _initialise(node, built, console)
     return obj, built
 
 
-def build_node(node: ComponentNode, *, init: bool = True) -> Any:
+def build_node(node: ComponentNode, *, init: bool = True, console: Console | None = None) -> Any:
     """Build a validated component (and its children) and initialise its weights."""
-    return build_tree(node, init=init)[0]
+    return build_tree(node, init=init, console=console)[0]
 
 
 def build_from_spec(kind: str, spec: Mapping[str, Any]) -> Any:

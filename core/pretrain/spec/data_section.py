@@ -1,0 +1,189 @@
+"""The ``[data]`` spec table: options, and a dataset + transform pipeline per split (torch-free).
+
+A spec's data table, in full::
+
+    [data]
+    batch_size = 64          # per process
+    val_batch_size = 256     # default: batch_size
+    num_workers = 0          # DataLoader workers (datasets that are not kept in memory)
+    image_size = 32          # size the pipelines must produce (checked before training)
+    in_memory = "auto"       # true | false | "auto": one uint8 tensor (on the GPU on CUDA)
+    drop_last = false        # drop each epoch's last incomplete training batch
+
+    [data.train]
+    type = "Digits"
+    split = "train"
+    pipeline = [{type = "RandomCrop", size = 32, padding = 2}, {type = "RandomFlip"}]
+
+    [data.val]
+    type = "Digits"
+    split = "val"
+
+Validation resolves the dataset and transform types through the registry and checks
+their fields; :mod:`pretrain.engine.data` turns the validated section into loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pretrain.spec.context import ValidationContext
+
+__all__ = ["SPLITS", "DataOptions", "DataSection", "DatasetSpec", "json_schema", "validate_data_section"]
+
+
+
+class DataOptions(BaseModel):
+    """Plain fields of the ``[data]`` table (``train``/``val`` are component tables)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: Annotated[int, Field(gt=0)] = Field(64, description="Images per batch per process.")
+    val_batch_size: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Images per evaluation batch per process (default: batch_size)."
+    )
+    num_workers: Annotated[int, Field(ge=0)] = Field(
+        0, description="DataLoader worker processes for datasets not kept in memory."
+    )
+    image_size: Annotated[int, Field(gt=0)] | None = Field(
+        None,
+        description="Height and width the pipelines must produce (checked before training "
+        "and used by `pretrain validate`'s shape check).",
+    )
+    in_memory: bool | Literal["auto"] = Field(
+        "auto",
+        description="Keep the decoded dataset as one uint8 tensor on the training device "
+        "and augment whole batches there. auto: when the images share one size and fit "
+        "in in_memory_max_mb.",
+    )
+    in_memory_max_mb: Annotated[int, Field(gt=0)] = Field(
+        2048, description="Largest decoded dataset (MiB) that in_memory = 'auto' keeps in memory."
+    )
+    drop_last: bool = Field(False, description="Drop each epoch's incomplete last training batch.")
+
+
+#: The splits a ``[data]`` table may hold.
+SPLITS = ("train", "val")
+_SPLIT_KEYS = ("type", "pipeline")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One of ``[data.train]``/``[data.val]``: a dataset and its pipeline.
+
+    Attributes:
+        dataset: A validated ``ComponentNode``, or an already built dataset.
+        pipeline: Validated transform nodes or built transform modules, in order.
+        loc: Spec path, for error messages.
+
+    """
+
+    dataset: Any
+    pipeline: tuple[Any, ...] = ()
+    loc: str = "data"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The validated ``[data]`` table.
+
+    Attributes:
+        options: Batch size, workers, in-memory policy, ...
+        train: Training dataset and pipeline, if given.
+        val: Validation dataset and pipeline, if given.
+
+    """
+
+    options: DataOptions
+    train: DatasetSpec | None = None
+    val: DatasetSpec | None = None
+
+
+def _validate_split(value: Any, ctx: ValidationContext, loc: str) -> DatasetSpec | None:
+    if not isinstance(value, Mapping):
+        ctx.add(loc, "expected a table with a 'type' (a dataset) and an optional 'pipeline' "
+                "list of transforms, e.g. {type = \"Digits\", split = \"train\"}")
+        return None
+    table = dict(value)
+    pipeline = table.pop("pipeline", [])
+    before = len(ctx.issues)
+    nodes = ctx.components("transform", pipeline, f"{loc}.pipeline")
+    node = ctx.component("dataset", table, loc)
+    if node is None or len(ctx.issues) > before:
+        return None
+    return DatasetSpec(node, tuple(nodes), loc)
+
+
+def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -> DataSection | None:
+    """Validate a spec's ``[data]`` table, recording every problem in ``ctx``.
+
+    Args:
+        raw: The table as parsed from TOML/JSON.
+        ctx: Validation context (collects issues; resolves component types).
+        loc: Spec path of the table.
+
+    Returns:
+        The validated section, or None when anything is wrong (see ``ctx.issues``).
+
+    """
+    if not isinstance(raw, Mapping):
+        ctx.add(loc, f"expected a table (batch_size, train, val, ...), got {type(raw).__name__}")
+        return None
+    before = len(ctx.issues)
+    options: DataOptions | None = None
+    try:
+        options = DataOptions.model_validate({k: v for k, v in raw.items() if k not in SPLITS})
+    except ValidationError as exc:
+        ctx.add_pydantic(exc, loc, DataOptions, known_fields=[*DataOptions.model_fields, *SPLITS])
+    splits = {name: _validate_split(raw[name], ctx, f"{loc}.{name}") for name in SPLITS if name in raw}
+    if not any(name in raw for name in SPLITS):
+        ctx.add(loc, "no dataset: add [data.train] and/or [data.val] tables, "
+                "e.g. [data.train] type = \"Digits\"")
+    if options is None or len(ctx.issues) > before:
+        return None
+    return DataSection(options, splits.get("train"), splits.get("val"))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the ``[data]`` table for ``pretrain schema``.
+
+    ``train``/``val`` are a ``oneOf`` over the installed datasets, each extended with
+    ``pipeline`` (items refer to ``#/$defs/transform``, which the spec schema defines).
+    Broken dataset plugins are left out.
+    """
+    from pretrain.errors import PluginLoadError
+    from pretrain.registry.registry import get_registry
+    from pretrain.registry.schema import component_schema
+
+    schema = DataOptions.model_json_schema(ref_template="#/$defs/{model}")
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    pipeline = {"type": "array", "items": {"$ref": "#/$defs/transform"},
+                "description": "Transforms applied in order to every image."}
+    registry = get_registry()
+    variants, mapping = [], {}
+    for record in registry.entries("dataset"):
+        try:
+            cls = registry.load(record)
+        except PluginLoadError:
+            continue
+        variant = component_schema(cls, "dataset", record.name).json_schema(record.qualified_name)
+        defs.update(variant.pop("$defs", {}))
+        variant["properties"]["pipeline"] = pipeline
+        name = f"data_{record.qualified_name.replace(':', '__')}"
+        defs[name] = variant
+        variants.append({"$ref": f"#/$defs/{name}"})
+        mapping[record.name] = f"#/$defs/{name}"
+    split: dict[str, Any] = {
+        "description": "A dataset table (`type` and its fields) plus an optional `pipeline`.",
+        "oneOf": variants or [{"not": {}}],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
+    schema["properties"].update({"train": split, "val": split})
+    schema["title"] = "data"
+    return schema
+
+

@@ -1,0 +1,81 @@
+"""Spec validation: every error at once, each with its spec path, before anything is built.
+
+A ``type`` is only ever resolved through the registry, never as an import path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pretrain.errors import SpecError, SpecIssue, did_you_mean
+from pretrain.registry.plugins import load_plugins
+from pretrain.registry.registry import Registry
+from pretrain.spec.context import ComponentNode, ValidationContext
+from pretrain.spec.sections import validate_sections
+
+__all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "validate_spec"]
+
+#: Top-level tables a spec may have. ``model`` is required.
+TOP_LEVEL = ("model", "data", "train", "eval", "name", "description")
+ENGINE_SECTIONS = ("data", "train", "eval")
+
+
+@dataclass
+class ValidatedSpec:
+    """A spec that passed validation.
+
+    Attributes:
+        raw: The merged spec as data (what ``spec.toml`` in a run directory holds).
+        model: The validated ``model`` component tree.
+        sections: Validated engine sections (``data``, ``train``, ``eval``) by name.
+        source: File the spec came from, if any.
+
+    """
+
+    raw: dict[str, Any]
+    model: ComponentNode
+    sections: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+
+def validate_spec(
+    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
+) -> ValidatedSpec:
+    """Validate a merged spec (see :func:`pretrain.load_spec`).
+
+    Args:
+        raw: The spec as data.
+        registry: Registry to resolve types in (process-wide by default).
+        source: File name for messages.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: With every issue found, each with its spec path.
+
+    """
+    ctx = ValidationContext(registry)
+    load_plugins(ctx.registry)
+    if not isinstance(raw, Mapping):
+        raise SpecError([SpecIssue("", "a spec must be a table/object")], source=source)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            allowed = ", ".join(TOP_LEVEL)
+            ctx.add(str(key), f"unknown top-level table{did_you_mean(str(key), TOP_LEVEL)} (allowed: {allowed})")
+    for key in ("name", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            ctx.add(key, "must be a string")
+    model = None
+    if "model" not in raw:
+        ctx.add("model", "required table is missing; a spec needs [model] with a type")
+    else:
+        model = ctx.component("model", raw["model"], "model")
+    sections: dict[str, Any] = {}
+    if any(k in raw for k in ENGINE_SECTIONS):
+        sections = validate_sections(raw, ctx)
+    if ctx.issues or model is None:
+        raise SpecError(ctx.issues, source=source)
+    return ValidatedSpec(dict(raw), model, sections, source)
