@@ -30,9 +30,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over everything."""
-    session.install("ruff")
+    """ruff over everything, and the import-linter contracts (layers, public plugin imports)."""
+    session.install("ruff", "import-linter>=2.1")
+    session.install("--no-deps", "-e", ".")
     session.run("ruff", "check", "core", "plugins", "tests", "bench", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -69,8 +69,9 @@ def compare(raw: dict[str, Any], *, device: str, steps: int, rounds: int, label:
     """Print engine vs plain throughput for ``raw`` (a spec) and return the median ratio."""
     from rich.console import Console
 
+    from pretrain.engine.evaluate import autocast_context
     from pretrain.engine.progress import ProgressReporter
-    from pretrain.engine.trainer import Trainer, autocast_context
+    from pretrain.engine.trainer import Trainer
     from pretrain.spec.validate import validate_spec
 
     raw = copy.deepcopy(raw)

@@ -84,7 +84,7 @@ def test_transfer_specs_match_the_mae_encoder() -> None:
         (rule,) = bb["init"]
         assert rule == {"type": "Pretrained", "checkpoint": str(MAE_WEIGHTS), "prefix": "backbone."}
         # The path the trainer writes for a run of the MAE spec with the default run directory.
-        from pretrain.cli._train import default_run_dir
+        from pretrain.engine.api import default_run_dir
         from pretrain.engine.rundir import RunDir
 
         assert RunDir(default_run_dir(str(MAE_SPEC))).last_weights == MAE_WEIGHTS

@@ -13,22 +13,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ComponentLookupError",
+    "PluginError",
     "PluginLoadError",
     "PretrainError",
     "Registry",
     "SpecError",
     "SpecIssue",
+    "Trainer",
+    "ValidatedSpec",
     "__version__",
     "build",
     "build_model",
+    "evaluate",
     "get_registry",
     "hookimpl",
     "load_spec",
+    "train",
     "validate_spec",
 ]
 
 _LAZY: dict[str, str] = {
     "ComponentLookupError": "pretrain.errors",
+    "PluginError": "pretrain.errors",
     "PluginLoadError": "pretrain.errors",
     "PretrainError": "pretrain.errors",
     "SpecError": "pretrain.errors",
@@ -40,12 +46,18 @@ _LAZY: dict[str, str] = {
     "validate_spec": "pretrain.spec.validate",
     "build": "pretrain.assembly.assemble",
     "build_model": "pretrain.assembly.assemble",
+    "train": "pretrain.engine.api",
+    "evaluate": "pretrain.engine.api",
+    "Trainer": "pretrain.engine.trainer",
 }
 
 if TYPE_CHECKING:
     from pretrain.assembly.assemble import build, build_model
+    from pretrain.engine.api import evaluate, train
+    from pretrain.engine.trainer import Trainer
     from pretrain.errors import (
         ComponentLookupError,
+        PluginError,
         PluginLoadError,
         PretrainError,
         SpecError,
@@ -54,7 +66,7 @@ if TYPE_CHECKING:
     from pretrain.hookspecs import hookimpl
     from pretrain.registry.registry import Registry, get_registry
     from pretrain.spec.files import load_spec
-    from pretrain.spec.validate import validate_spec
+    from pretrain.spec.validate import ValidatedSpec, validate_spec
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ComponentLookupError",
+    "PluginError",
     "PluginLoadError",
     "PretrainError",
     "SpecError",
@@ -88,3 +89,11 @@ class ComponentLookupError(PretrainError):
 
 class PluginLoadError(PretrainError):
     """A plugin entry point that could not be imported or is not a valid component."""
+
+
+class PluginError(PretrainError):
+    """Code of an installed plugin raised while running (a hook, a component's forward).
+
+    The message names the plugin's distribution and version, so the report goes to
+    its authors rather than to pretrain.
+    """

@@ -1,15 +1,20 @@
 """pluggy hook specifications (entry-point group ``pretrain.plugins``).
 
 A plugin module implements any subset of these with ``@pretrain.hookimpl`` and
-accepts any subset of each hook's arguments (pluggy's opt-in arguments).
+accepts any subset of each hook's arguments (pluggy's opt-in arguments). An
+exception raised inside a hook stops the run with an error that names the plugin
+and its distribution (checkpoints already written stay intact).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from pretrain.engine.trainer import Trainer
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -23,20 +28,20 @@ def pretrain_register_components(register: Callable[[str, str, Any], None]) -> N
 
 
 @hookspec
-def pretrain_train_start(trainer: Any) -> None:
+def pretrain_train_start(trainer: Trainer) -> None:
     """Called once before the first epoch (after resume, model and data are ready)."""
 
 
 @hookspec
-def pretrain_after_step(trainer: Any, step: int, loss: float) -> None:
+def pretrain_after_step(trainer: Trainer, step: int, loss: float) -> None:
     """Called after every optimizer step with the global step and the step's loss."""
 
 
 @hookspec
-def pretrain_epoch_end(trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+def pretrain_epoch_end(trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
     """Called after each epoch's evaluation with the metrics written to metrics.jsonl."""
 
 
 @hookspec
-def pretrain_train_end(trainer: Any, metrics: dict[str, float]) -> None:
+def pretrain_train_end(trainer: Trainer, metrics: dict[str, Any]) -> None:
     """Called once when training finishes normally, with the last epoch's metrics."""

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pretrain.errors import PretrainError, SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
-from pretrain.errors import PretrainError, SpecError
 
 if TYPE_CHECKING:
     from rich.console import Console

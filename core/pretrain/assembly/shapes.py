@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pretrain.spec.validate import ComponentNode, ValidatedSpec
 from pretrain.errors import PretrainError, SpecIssue
+from pretrain.spec.validate import ComponentNode, ValidatedSpec
 
 __all__ = ["ShapeReport", "check_model"]
 

@@ -24,16 +24,16 @@ from pydantic import BaseModel
 from pretrain.assembly.pretrained import load_pretrained
 from pretrain.errors import PretrainError
 from pretrain.spec.init_rules import (
-    OverrideName,
-    Pretrained,
-    Rule,
-    ValueRule,
     ConstantFields,
     KaimingFields,
     NormalFields,
+    OverrideName,
+    Pretrained,
+    Rule,
     TruncNormalFields,
     UniformFields,
     ValueFields,
+    ValueRule,
     XavierFields,
     rule_to_toml,
 )

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["console", "err_console", "print_error", "print_json"]
+__all__ = ["console", "err_console", "note_broken_plugins", "print_error", "print_json"]
 
 #: Human output (tables, summaries) goes to stdout.
 console = Console(highlight=False, soft_wrap=False)
@@ -41,3 +41,11 @@ def print_error(exc: BaseException) -> None:
     hint = getattr(exc, "hint", None)
     if hint:
         err_console.print(f"[dim]hint:[/] {escape(hint)}")
+
+
+def note_broken_plugins() -> None:
+    """One line on stderr per plugin that failed to load in this process (and was skipped)."""
+    from pretrain.registry.registry import get_registry
+
+    for failure in get_registry().failures():
+        err_console.print(f"[yellow]note:[/] skipped a broken plugin: {escape(failure.describe())}")

@@ -85,10 +85,10 @@ def find_converter(source: str, arch: str, family: str | None = None) -> tuple[s
     if family is not None:
         records = [r for r in records if family in (r.name, r.qualified_name)]
         if not records:
-            names = [r.name for r in registry.entries("weight_converter")]
+            installed = [r.name for r in registry.entries("weight_converter")]
             raise PretrainError(
-                f"no weight converter is called {family!r}{did_you_mean(family, names)}",
-                hint=f"Installed converters: {', '.join(names) or 'none'}.",
+                f"no weight converter is called {family!r}{did_you_mean(family, installed)}",
+                hint=f"Installed converters: {', '.join(installed) or 'none'}.",
             )
     usable: list[tuple[str, Any]] = []
     broken: list[str] = []
@@ -101,8 +101,8 @@ def find_converter(source: str, arch: str, family: str | None = None) -> tuple[s
             continue
         if cls.handles(source, arch):
             usable.append((record.qualified_name, cls))
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        supported.append(f"{record.name} ({', '.join(cls.architectures)}): {summary}".rstrip(": "))
+        first_line = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        supported.append(f"{record.name} ({', '.join(cls.architectures)}): {first_line}".rstrip(": "))
     if len(usable) == 1:
         name, cls = usable[0]
         return name.rpartition(":")[2], cls()

@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _find(name: str, kind: str | None) -> tuple[str, Any]:
-    from pretrain.errors import ComponentLookupError
+    from pretrain.errors import ComponentLookupError, close_matches
     from pretrain.registry.registry import get_registry
 
     registry = get_registry()
@@ -32,9 +32,7 @@ def _find(name: str, kind: str | None) -> tuple[str, Any]:
     kinds = [kind] if kind else sorted({r.kind for r in registry.entries() if r.name == bare})
     if not kinds:
         every = sorted({r.name for r in registry.entries()})
-        import difflib
-
-        close = difflib.get_close_matches(bare, every, n=3, cutoff=0.6)
+        close = close_matches(bare, every, n=3)
         hint = f"did you mean {' or '.join(close)}?" if close else "run `pretrain list-components`"
         raise ComponentLookupError(f"no installed component is called {name!r}", hint=hint)
     if len(kinds) > 1:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pretrain.cli._validate import add_spec_arguments
 
-__all__ = ["add_parser", "evaluate_weights", "run"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
@@ -31,91 +30,17 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _weights_file(path: Path) -> Path:
-    from pretrain.errors import PretrainError
-
-    if path.is_dir():
-        for candidate in ("checkpoints/best.safetensors", "checkpoints/last.safetensors",
-                          "best.safetensors", "last.safetensors"):
-            if (path / candidate).is_file():
-                return path / candidate
-        raise PretrainError(f"{path} is a directory without checkpoints/best.safetensors or "
-                            "last.safetensors", hint="Pass the .safetensors file itself.")
-    return path
-
-
-def evaluate_weights(spec: Any, weights: Path, device: str | None = None) -> dict[str, Any]:
-    """Score ``weights`` with ``spec``'s model on its ``data.val`` (single process or torchrun).
-
-    Returns:
-        ``accuracy/top{k}`` (percent), ``num_samples``, ``per_class`` (with class names).
-
-    """
-    from pretrain.assembly.assemble import build_node
-    from pretrain.engine import checkpoint as ckpt
-    from pretrain.engine.data import build_loaders
-    from pretrain.engine.distributed import init_distributed
-    from pretrain.engine.memory_format import to_channels_last
-    from pretrain.engine.trainer import evaluate_loss, evaluate_model, load_weights, model_num_classes
-    from pretrain.errors import PretrainError
-    from pretrain.spec.sections import EvalSection
-
-    data = spec.sections.get("data")
-    if data is None or data.val is None:
-        raise PretrainError("the spec has no [data.val] table, so there is nothing to evaluate on",
-                            hint="Add [data.val] (e.g. type = \"Digits\", split = \"val\").")
-    train = spec.sections.get("train")
-    eval_cfg = spec.sections.get("eval") or EvalSection()
-    info = init_distributed(device or (train.device if train is not None else "auto"))
-    model = build_node(spec.model, init=False).to(info.device)
-    tensors, _ = ckpt.load_tensors(weights)
-    load_weights(model, tensors, weights)
-    channels_last = bool(train is not None and train.channels_last and info.device.type != "mps")
-    if channels_last:
-        to_channels_last(model, info.device)
-    num_classes = model_num_classes(model)
-    loaders = build_loaders(
-        data, device=info.device, distributed=info.distributed, rank=info.rank,
-        world_size=info.world_size, seed=train.seed if train is not None else 0,
-        num_classes=num_classes, in_channels=getattr(model, "in_channels", None), splits=("val",),
-    )
-    if num_classes is None:  # self-supervised: the validation loss (e.g. MAE reconstruction)
-        metrics = evaluate_loss(
-            model, loaders.val, device=info.device, precision=train.precision if train is not None else "fp32",
-            channels_last=channels_last, dist_info=info,
-        )
-        metrics["weights"] = str(weights)
-        return metrics
-    metrics = evaluate_model(
-        model, loaders.val, topk=eval_cfg.topk, num_classes=num_classes, device=info.device,
-        precision=train.precision if train is not None else "fp32",
-        channels_last=channels_last, dist_info=info,
-    )
-    for row in metrics["per_class"]:
-        c = row["class"]
-        row["class"] = loaders.classes[c] if c < len(loaders.classes) else str(c)
-    metrics["weights"] = str(weights)
-    return metrics
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate."""
-    from pretrain.cli._console import console, print_json
-    from pretrain.spec.files import load_spec
-    from pretrain.spec.validate import validate_spec
+    import os
 
-    spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
-    weights = _weights_file(Path(args.weights))
-    from pretrain.engine.distributed import shutdown
+    from pretrain.cli._console import console, note_broken_plugins, print_json
+    from pretrain.engine.api import evaluate
 
-    try:
-        metrics = evaluate_weights(spec, weights, args.device)
-        import torch.distributed as dist
-
-        if dist.is_initialized() and dist.get_rank() != 0:
-            return 0
-    finally:
-        shutdown()
+    metrics = evaluate(args.spec, args.weights, overrides=args.overrides, device=args.device)
+    note_broken_plugins()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if args.json:
         print_json(metrics)
         return 0

@@ -57,20 +57,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _weights_file(path: Path) -> Path:
-    """A run directory -> its last (else best) weights; a file is returned as is."""
-    from pretrain.errors import PretrainError
-
-    if not path.is_dir():
-        return path
-    for candidate in ("checkpoints/last.safetensors", "checkpoints/best.safetensors",
-                      "last.safetensors", "best.safetensors"):
-        if (path / candidate).is_file():
-            return path / candidate
-    raise PretrainError(f"{path} is a directory without checkpoints/last.safetensors",
-                        hint="Pass the .safetensors file itself.")
-
-
 def reconstruct_images(
     spec: Any, weights: Path, *, num: int, split: str | None = None, seed: int = 0, device: str = "cpu",
 ) -> dict[str, Tensor]:
@@ -99,7 +85,7 @@ def reconstruct_images(
     from pretrain.assembly.assemble import build_node
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
-    from pretrain.engine.trainer import load_weights
+    from pretrain.engine.run_state import load_weights
     from pretrain.errors import PretrainError
 
     data = spec.sections.get("data")
@@ -187,16 +173,16 @@ def make_grid(images: dict[str, Tensor], *, scale: int | None = None) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Write the reconstruction grid."""
     from pretrain.cli._console import console
+    from pretrain.engine.api import prepare_spec
+    from pretrain.engine.rundir import RunDir
     from pretrain.errors import PretrainError
-    from pretrain.spec.files import load_spec
-    from pretrain.spec.validate import validate_spec
 
     if args.num < 1:
         raise PretrainError(f"--num must be at least 1, got {args.num}")
     if args.scale is not None and args.scale < 1:
         raise PretrainError(f"--scale must be at least 1, got {args.scale}")
-    spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
-    weights = _weights_file(Path(args.weights))
+    spec = prepare_spec(args.spec, args.overrides)
+    weights = RunDir.resolve_weights(args.weights, prefer="last")
     images = reconstruct_images(spec, weights, num=args.num, split=args.split, seed=args.seed,
                                 device=args.device)
     out = Path(args.out)

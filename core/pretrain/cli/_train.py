@@ -9,7 +9,7 @@ from typing import Any
 
 from pretrain.cli._validate import add_spec_arguments
 
-__all__ = ["add_parser", "default_run_dir", "run"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
@@ -41,11 +41,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def default_run_dir(spec_path: str) -> Path:
-    """``runs/<spec stem>`` in the current directory."""
-    return Path("runs") / Path(spec_path).stem
-
-
 def _changed_tables(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return []
@@ -54,21 +49,16 @@ def _changed_tables(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train."""
-    from pretrain.cli._console import console, err_console
-    from pretrain.spec.files import load_spec
-    from pretrain.spec.validate import validate_spec
+    """Train: validate (shapes included) before anything is created, then run ``pretrain.train``."""
+    from pretrain.cli._console import console, err_console, note_broken_plugins
+    from pretrain.engine.api import default_run_dir, prepare_spec, train
+    from pretrain.engine.rundir import RunDir
 
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"train.seed={args.seed}")
-    raw = load_spec(args.spec, overrides)
-    spec = validate_spec(raw, source=args.spec)
-
-    from pretrain.engine.distributed import shutdown
-    from pretrain.engine.rundir import RunDir
-    from pretrain.engine.trainer import Trainer
-
+    spec = prepare_spec(args.spec, overrides)
+    note_broken_plugins()
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec)
     if args.resume:
         changed = _changed_tables(RunDir(run_dir).read_spec(), spec.raw)
@@ -78,29 +68,36 @@ def run(args: argparse.Namespace) -> int:
                 f"in: {', '.join(changed)} (the new values apply from here on)"
             )
     t0 = time.perf_counter()
-    trainer = Trainer(spec, run_dir, device=args.device, resume=args.resume,
-                      console=err_console, live=args.live)
-    try:
-        record = trainer.fit()
-        if trainer.dist.is_main:
-            _summary(console, trainer, record, time.perf_counter() - t0)
-    finally:
-        shutdown()
+    record = train(spec, run_dir=run_dir, resume=args.resume, device=args.device,
+                   console=err_console, live=args.live)
+    if _is_main_process():
+        _summary(console, RunDir(run_dir), record, time.perf_counter() - t0)
     return 0
 
 
-def _summary(console: Any, trainer: Any, record: dict[str, Any], wall: float) -> None:
-    st, rd = trainer.state, trainer.run
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _summary(console: Any, rd: Any, record: dict[str, Any], wall: float) -> None:
+    import json
+
     metrics = ", ".join(
         f"{k} {v:.4g}" if k == "val_loss" else f"{k} {v:.2f}"
         for k, v in record.items()
         if k.startswith("accuracy/") or k == "val_loss"
     )
     best = ""
-    if st.best is not None:
-        best = f" (best {trainer.best_metric[0]} {st.best:.4g} at epoch {st.best_epoch})"
+    try:
+        info = json.loads(rd.last_json.read_text(encoding="utf-8"))
+        if info.get("best") is not None:
+            best = f" (best {info['best_metric']} {info['best']:.4g} at epoch {info['best_epoch']})"
+    except (OSError, ValueError, KeyError):
+        info = {}
     console.print(
-        f"[bold green]done[/] in {wall:.1f} s: epoch {st.epoch}, step {st.step}, "
+        f"[bold green]done[/] in {wall:.1f} s: epoch {record.get('epoch', '?')}, step {record.get('step', '?')}, "
         f"train_loss {record.get('train_loss', float('nan')):.4f}"
         f"{', ' + metrics if metrics else ''}{best}\n"
         f"  weights: {rd.best_weights if rd.best_weights.exists() else rd.last_weights}\n"

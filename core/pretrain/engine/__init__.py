@@ -1,7 +1,7 @@
-"""The training engine: ``[data]``/``[train]``/``[eval]`` sections, the loop, checkpoints.
+"""The training runtime: loaders, the loop, checkpoints, evaluation, distribution.
 
-Importing this package is cheap (torch-free); ``Trainer`` and ``evaluate_model`` are
-loaded on first access. See ``docs/training.md``.
+Importing this package is cheap (torch-free); names are loaded on first access.
+See ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -9,13 +9,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Trainer", "evaluate_model"]
+__all__ = ["Trainer", "evaluate", "evaluate_model", "train"]
+
+_LAZY = {
+    "Trainer": "pretrain.engine.trainer",
+    "train": "pretrain.engine.api",
+    "evaluate": "pretrain.engine.api",
+    "evaluate_model": "pretrain.engine.evaluate",
+}
 
 if TYPE_CHECKING:
-    from pretrain.engine.trainer import Trainer, evaluate_model
+    from pretrain.engine.api import evaluate, train
+    from pretrain.engine.evaluate import evaluate_model
+    from pretrain.engine.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("pretrain.engine.trainer"), name)
-    raise AttributeError(f"module 'pretrain.engine' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pretrain.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -45,6 +45,8 @@ __all__ = [
     "capture_rng",
     "flatten_optimizer",
     "load_tensors",
+    "parse_state_doc",
+    "pid_alive",
     "read_metadata",
     "read_metadata_json",
     "remove_stale_temp_files",
@@ -99,12 +101,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -
     _fsync_dir(target.parent)
 
 
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete temporary files left by a process killed mid-write."""
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files left by a process killed mid-write; return them.
+
+    A temporary file names its writer (``.<name>.tmp-<pid>-<random>``); one whose
+    writer is still alive on this machine is another process's write in progress
+    and is left alone.
+    """
+    removed: list[Path] = []
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp-*"):
+            pid = tmp.name.rpartition(".tmp-")[2].partition("-")[0]
+            if pid.isdigit() and pid_alive(int(pid)):
+                continue
             with contextlib.suppress(OSError):
                 tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- safetensors I/O
@@ -221,13 +247,29 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def read_metadata_json(path: str | os.PathLike[str], key: str = "pretrain.state") -> dict[str, Any]:
     """Parse the JSON document stored under ``key`` in a safetensors file's metadata."""
-    meta = read_metadata(path)
+    return parse_state_doc(path, read_metadata(path), key)
+
+
+def parse_state_doc(
+    path: str | os.PathLike[str], meta: Mapping[str, str], key: str = "pretrain.state"
+) -> dict[str, Any]:
+    """The JSON document under ``key`` in already-read metadata (a training state's counters).
+
+    Raises:
+        CheckpointError: The file is not a pretrain training state.
+
+    """
     try:
-        return dict(json.loads(meta[key]))
+        doc = json.loads(meta[key])
+        if not isinstance(doc, dict) or "state" not in doc:
+            raise ValueError(key)
     except (KeyError, ValueError, TypeError):
         raise CheckpointError(
-            f"{path} is not a pretrain training state (no valid {key!r} metadata)"
+            f"{path} is not a pretrain training state (no valid {key!r} metadata)",
+            hint="--resume reads checkpoints/last.state.safetensors written by `pretrain train`; "
+            "weights files (last/best.safetensors) cannot be resumed from.",
         ) from None
+    return dict(doc)
 
 
 # --------------------------------------------------------------------------- RNG states

@@ -75,7 +75,7 @@ def to_channels_last(model: nn.Module, device: torch.device) -> list[str]:
         Names of the convolutions kept contiguous (empty off CPU), for the log.
 
     """
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.to(memory_format=torch.channels_last)
     if device.type != "cpu":
         return []
     guarded: list[str] = []

@@ -1,4 +1,4 @@
-"""The run directory: resolved spec, per-epoch metrics, curves, checkpoints.
+"""The run directory: resolved spec, per-epoch metrics, curves, checkpoints; the only code that knows its layout.
 
 ::
 
@@ -6,6 +6,7 @@
       spec.toml                 the merged, validated spec this run trains (``--set`` applied)
       metrics.jsonl             one JSON object per epoch
       curves.png                train loss and validation metrics per epoch
+      .pretrain.lock            held (fcntl) while a run writes here: pid and host inside
       checkpoints/
         last.safetensors        weights of the last checkpoint (for ``pretrain eval``)
         best.safetensors        weights of the best epoch by ``train.best_metric``
@@ -14,24 +15,37 @@
 
 All files are replaced atomically; ``metrics.jsonl`` is rewritten from the
 checkpoint's history on resume, so a run killed between writes never shows an
-epoch twice.
+epoch twice. A run holds an exclusive lock on the directory for its whole
+duration, so two runs can never write into one directory; the kernel releases
+the lock when the process dies, so a crashed run leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pretrain.engine.checkpoint import atomic_write_bytes
 from pretrain.errors import PretrainError
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "RunDirError"]
+
+#: Names a run writes at the top of its directory (anything else is the user's).
+_OWN_FILES = frozenset({"spec.toml", "spec.json", "metrics.jsonl", "curves.png", ".pretrain.lock",
+                        "checkpoints", "classes.json", "confusion_matrix.png"})
+
+
+class RunDirError(PretrainError):
+    """The run directory cannot be used as asked (locked, foreign files, nothing to resume)."""
 
 
 class RunDir:
-    """Paths and writers of one run directory.
+    """Paths, checks, lock and writers of one run directory.
 
     Args:
         path: The directory (created on first write).
@@ -48,33 +62,197 @@ class RunDir:
         self.spec_file = self.path / "spec.toml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.plot_file = self.path / "curves.png"
+        self.lock_file = self.path / ".pretrain.lock"
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def weights(self, prefer: Literal["best", "last"] = "best") -> Path:
+        """The weights file of this run: ``prefer``'s, else the other one.
+
+        Raises:
+            RunDirError: The directory holds no weights.
+
+        """
+        order = (self.best_weights, self.last_weights) if prefer == "best" else (self.last_weights, self.best_weights)
+        for path in order:
+            if path.is_file():
+                return path
+        raise RunDirError(
+            f"{self.path} holds no weights (no checkpoints/best.safetensors or last.safetensors)",
+            hint="Pass a .safetensors file, or a run directory that `pretrain train` has written.",
+        )
+
+    @staticmethod
+    def resolve_weights(path: str | Path, prefer: Literal["best", "last"] = "best") -> Path:
+        """A weights file as given, or a run directory's (``prefer`` first).
+
+        Raises:
+            RunDirError: A directory without weights, or a path that does not exist.
+
+        """
+        path = Path(path)
+        if path.is_dir():
+            return RunDir(path).weights(prefer)
+        if not path.exists():
+            raise RunDirError(f"weights file {path} does not exist",
+                              hint="Pass a .safetensors file or a run directory.")
+        return path
 
     def has_checkpoint(self) -> bool:
         """Whether an earlier run left checkpoints here."""
         return any(p.exists() for p in (self.state_file, self.last_weights, self.best_weights))
 
-    def check_fresh_start(self) -> None:
-        """Refuse to start a new run over an earlier run's checkpoints.
+    def foreign_entries(self) -> list[str]:
+        """Entries of the directory that no run writes (the user's own files)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN_FILES)
+
+    def read_spec(self) -> dict[str, Any] | None:
+        """The spec an earlier run wrote, if any."""
+        import tomllib
+
+        if self.spec_file.exists():
+            return tomllib.loads(self.spec_file.read_text(encoding="utf-8"))
+        alt = self.spec_file.with_suffix(".json")
+        if alt.exists():
+            return dict(json.loads(alt.read_text(encoding="utf-8")))
+        return None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Parse ``metrics.jsonl`` (empty when absent)."""
+        if not self.metrics_file.exists():
+            return []
+        lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    # ------------------------------------------------------------------ checks (nothing written)
+
+    def check_usable(self) -> None:
+        """The path is a directory (or can become one).
 
         Raises:
-            PretrainError: The directory has checkpoints (nothing is touched).
+            RunDirError: It is a file, or a parent is a file.
 
         """
-        if not self.has_checkpoint():
+        for parent in (self.path, *self.path.parents):
+            if parent.exists() and not parent.is_dir():
+                raise RunDirError(
+                    f"the run directory {self.path} cannot be created: {parent} is a file",
+                    hint="Pass --run-dir with a directory path.",
+                )
+            if parent.exists():
+                break
+
+    def check_fresh_start(self) -> None:
+        """Refuse a new run in a directory with checkpoints or files of the user's.
+
+        Raises:
+            RunDirError: Checkpoints of an earlier run, or foreign files (nothing is touched).
+
+        """
+        self.check_usable()
+        if self.has_checkpoint():
+            where = ""
+            if self.last_json.exists():
+                try:
+                    info = json.loads(self.last_json.read_text(encoding="utf-8"))
+                    where = f" (last checkpoint: epoch {info['epoch']}, step {info['step']})"
+                except (OSError, ValueError, KeyError):
+                    pass
+            raise RunDirError(
+                f"the run directory {self.path} already holds checkpoints of an earlier run{where}; "
+                "refusing to overwrite them (nothing was changed).",
+                hint="Continue that run with --resume, or start a new one elsewhere with "
+                "--run-dir DIR (or delete the directory).",
+            )
+        foreign = self.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:6]) + (" ..." if len(foreign) > 6 else "")
+            raise RunDirError(
+                f"the run directory {self.path} holds files that are not a run's ({shown}); "
+                "a new run would write spec.toml, metrics.jsonl, curves.png and checkpoints/ "
+                "among them (nothing was changed).",
+                hint="Choose an empty or new directory with --run-dir (the default is "
+                "runs/<spec name>).",
+            )
+
+    def check_resumable(self) -> bool:
+        """Whether there is a run to resume; refuse when checkpoints exist but the state does not.
+
+        Returns:
+            True when ``last.state.safetensors`` exists; False when the directory holds no
+            checkpoint at all (the run starts fresh).
+
+        Raises:
+            RunDirError: Weights files exist but their state file is missing (nothing is
+                touched: ``best``/``last``/``metrics.jsonl`` stay as they are).
+
+        """
+        self.check_usable()
+        if self.state_file.exists():
+            return True
+        if self.has_checkpoint():
+            found = [p.name for p in (self.last_weights, self.best_weights) if p.exists()]
+            raise RunDirError(
+                f"cannot resume {self.path}: {', '.join(found)} exist but "
+                f"{self.state_file.name} (the optimizer, RNG and counter state) is missing, so "
+                "the run cannot continue where it stopped; nothing was changed.",
+                hint="Start a new run in another directory, initialising the model from "
+                f"{found[0]} with a Pretrained init rule; or restore the state file.",
+            )
+        return False
+
+    # ------------------------------------------------------------------ lock
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's exclusive lock (``fcntl.flock``) while the block runs.
+
+        Raises:
+            RunDirError: Another live process holds it (its pid and host are named).
+
+        """
+        self.acquire_lock()
+        try:
+            yield
+        finally:
+            self.release_lock()
+
+    def acquire_lock(self) -> None:
+        """Take the lock (see :meth:`locked`)."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(
+                f"the run directory {self.path} is in use by a running `pretrain train` ({holder}); "
+                "two runs writing one directory would overwrite each other's checkpoints.",
+                hint="Wait for that run to finish, stop it, or use another --run-dir.",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        """Release the lock (the file stays; it is empty when no run holds it)."""
+        if self._lock_fd is None:
             return
-        where = ""
-        if self.last_json.exists():
-            try:
-                info = json.loads(self.last_json.read_text(encoding="utf-8"))
-                where = f" (last checkpoint: epoch {info['epoch']}, step {info['step']})"
-            except (OSError, ValueError, KeyError):
-                pass
-        raise PretrainError(
-            f"the run directory {self.path} already holds checkpoints of an earlier run{where}; "
-            "refusing to overwrite them (nothing was changed).",
-            hint="Continue that run with --resume, or start a new one elsewhere with "
-            "--run-dir DIR (or delete the directory).",
-        )
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._lock_fd, 0)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    # ------------------------------------------------------------------ writing
 
     def write_spec(self, raw: Mapping[str, Any]) -> Path:
         """Write the resolved spec as TOML (JSON when TOML cannot hold it, e.g. nulls)."""
@@ -89,28 +267,10 @@ class RunDir:
         atomic_write_bytes(path, text.encode("utf-8"))
         return path
 
-    def read_spec(self) -> dict[str, Any] | None:
-        """The spec an earlier run wrote, if any."""
-        import tomllib
-
-        if self.spec_file.exists():
-            return tomllib.loads(self.spec_file.read_text(encoding="utf-8"))
-        alt = self.spec_file.with_suffix(".json")
-        if alt.exists():
-            return dict(json.loads(alt.read_text(encoding="utf-8")))
-        return None
-
     def write_metrics(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (one line per epoch)."""
         text = "".join(json.dumps(dict(r)) + "\n" for r in history)
         atomic_write_bytes(self.metrics_file, text.encode("utf-8"))
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Parse ``metrics.jsonl`` (empty when absent)."""
-        if not self.metrics_file.exists():
-            return []
-        lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
 
 
 def _plain(value: Any) -> Any:

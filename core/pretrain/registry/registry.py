@@ -303,8 +303,12 @@ class Registry:
                 obj = _import_value(record.value)
                 if self.validator is not None:
                     self.validator(record, obj)
-            except Exception as exc:
-                failure = LoadFailure(record, f"{type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit too: a plugin must not end the process
+                error = (f"SystemExit({exc.code!r}): the module called sys.exit() at import"
+                         if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}")
+                failure = LoadFailure(record, error)
                 self._failures[record] = failure
                 err = PluginLoadError(failure.describe(), hint=_fix_hint(record))
                 if self.is_strict:

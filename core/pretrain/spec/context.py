@@ -110,11 +110,11 @@ class ValidationContext:
         """
         by_field: dict[tuple[Any, ...], list[tuple[dict[str, Any], Any]]] = {}
         for err in exc.errors(include_url=False):
-            parts, _ = clean_loc(root, err["loc"])
-            by_field.setdefault(tuple(parts), []).append((dict(err), err["loc"]))
+            cleaned, _ = clean_loc(root, err["loc"])
+            by_field.setdefault(tuple(cleaned), []).append((dict(err), err["loc"]))
         for parts, errs in by_field.items():
             loc = join_loc(prefix, *parts)
-            first, raw_loc = errs[0]
+            first, raw_loc = errs[0][0], list(errs[0][1])
             if first["type"] == "extra_forbidden":
                 key = str(parts[-1]) if parts else "?"
                 _, parent = clean_loc(root, raw_loc[:-1])

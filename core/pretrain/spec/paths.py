@@ -87,7 +87,7 @@ def _element(tp: Any, part: Any) -> tuple[bool, Any]:
     if isinstance(part, str):
         if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
             field = tp.model_fields[part]
-            annotation = field.annotation
+            annotation: Any = field.annotation
             if field.metadata:
                 annotation = Annotated[(annotation, *field.metadata)]
             return True, annotation

@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
@@ -59,7 +60,10 @@ __all__ = [
     "ScheduleConfig",
     "StepSchedule",
     "TrainSection",
+    "check_against_model",
+    "effective_topk",
     "json_schemas",
+    "resolve_best_metric",
     "section_json_schemas",
     "validate_sections",
 ]
@@ -298,10 +302,16 @@ class TrainSection(_Strict):
     log_every_steps: Annotated[int, Field(gt=0)] = Field(
         default=20, description="Plain-text progress line interval when not on a terminal."
     )
-    best_metric: str = Field(
-        default="accuracy/top1", description="Validation metric that selects the 'best' checkpoint."
+    best_metric: str | None = Field(
+        default=None,
+        description="Validation metric that selects the 'best' checkpoint: accuracy/top{k} for "
+        "k in eval.topk, or val_loss. Default: accuracy/top1 for models that predict dataset "
+        "classes, val_loss for models that do not (self-supervised).",
     )
-    best_mode: Literal["max", "min"] = Field(default="max", description="Whether larger is better.")
+    best_mode: Literal["max", "min"] | None = Field(
+        default=None,
+        description="Whether larger is better; default: min for val_loss, max for accuracies.",
+    )
 
     @model_validator(mode="after")
     def _device(self) -> TrainSection:
@@ -316,7 +326,9 @@ class EvalSection(_Strict):
     """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
 
     topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        default=(1, 5), min_length=1, description="Report accuracy/top{k} (percent) for each k."
+        default=(1, 5), min_length=1,
+        description="Report accuracy/top{k} (percent) for each k. Unset: (1, 5), without the k "
+        "larger than the model's class count; an explicit k above it is an error.",
     )
     per_class: bool = Field(default=True, description="Also compute per-class accuracy.")
 
@@ -374,11 +386,55 @@ def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationCo
     topk = (1, 5)
     if isinstance(eval_raw, Mapping) and isinstance(eval_raw.get("topk"), list | tuple):
         topk = tuple(eval_raw["topk"])
-    known = {f"accuracy/top{k}" for k in topk}
-    if train.best_metric not in known:
+    known = [*(f"accuracy/top{k}" for k in topk), "val_loss"]
+    if train.best_metric is not None and train.best_metric not in known:
         ctx.add(
             "train.best_metric",
-            f"{train.best_metric!r} is not a validation metric; eval.topk gives {', '.join(sorted(known))}",
+            f"{train.best_metric!r} is not a validation metric{did_you_mean(train.best_metric, known)} "
+            f"(known: {', '.join(known)}; accuracies come from eval.topk)",
+        )
+
+
+def resolve_best_metric(train: TrainSection, *, has_classes: bool) -> tuple[str, Literal["max", "min"]]:
+    """The metric that picks the best checkpoint, and whether larger is better: decided here only.
+
+    Unset, it is ``accuracy/top1`` for a model that predicts dataset classes and
+    ``val_loss`` for one that does not (self-supervised); an unset mode is ``min`` for
+    a loss and ``max`` for anything else.
+
+    Raises:
+        PretrainError: An accuracy was asked for but the model predicts no classes.
+
+    """
+    metric = train.best_metric or ("accuracy/top1" if has_classes else "val_loss")
+    if metric.startswith("accuracy/") and not has_classes:
+        raise PretrainError(
+            f"train.best_metric: {metric!r} needs a model that predicts dataset classes, but this "
+            "model has num_classes = None (self-supervised), so validation reports val_loss only",
+            hint='Set train.best_metric = "val_loss" (the default for such models) or leave it out.',
+        )
+    mode = train.best_mode or ("min" if metric.endswith("loss") else "max")
+    return metric, mode
+
+
+def effective_topk(section: EvalSection, num_classes: int) -> tuple[int, ...]:
+    """The k of ``accuracy/top{k}``: as given, or the default (1, 5) without k > ``num_classes``."""
+    if "topk" in section.model_fields_set:
+        return section.topk
+    return tuple(k for k in section.topk if k <= num_classes) or (1,)
+
+
+def check_against_model(sections: Mapping[str, Any], num_classes: int | None, ctx: ValidationContext) -> None:
+    """Checks between the model and the sections: an explicit ``eval.topk`` above the class count."""
+    section = sections.get("eval")
+    if num_classes is None or not isinstance(section, EvalSection) or "topk" not in section.model_fields_set:
+        return
+    bad = [k for k in section.topk if k > num_classes]
+    if bad:
+        ctx.add(
+            "eval.topk",
+            f"asks for top-{max(bad)} accuracy, but the model predicts {num_classes} classes; "
+            f"use values <= {num_classes} (e.g. topk = [1])",
         )
 
 

@@ -13,7 +13,7 @@ from pretrain.errors import SpecError, SpecIssue, did_you_mean
 from pretrain.registry.plugins import load_plugins
 from pretrain.registry.registry import Registry
 from pretrain.spec.context import ComponentNode, ValidationContext
-from pretrain.spec.sections import validate_sections
+from pretrain.spec.sections import check_against_model, validate_sections
 
 __all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "validate_spec"]
 
@@ -38,6 +38,22 @@ class ValidatedSpec:
     model: ComponentNode
     sections: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+
+
+def spec_num_classes(model: ComponentNode) -> int | None:
+    """Dataset classes the spec's model predicts, read from its fields (model, else head).
+
+    None when the spec does not say (a self-supervised model, or no ``num_classes``).
+    Mirrors :func:`pretrain.engine.evaluate.model_num_classes` on the built model.
+    """
+    if "num_classes" in model.params:
+        value = model.params["num_classes"]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if getattr(model.cls, "num_classes", 0) is None:  # self-supervised base classes
+        return None
+    head = model.child("head")
+    value = head.params.get("num_classes") if head is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def validate_spec(
@@ -76,6 +92,8 @@ def validate_spec(
     sections: dict[str, Any] = {}
     if any(k in raw for k in ENGINE_SECTIONS):
         sections = validate_sections(raw, ctx)
+        if model is not None:
+            check_against_model(sections, spec_num_classes(model), ctx)
     if ctx.issues or model is None:
         raise SpecError(ctx.issues, source=source)
     return ValidatedSpec(dict(raw), model, sections, source)

@@ -1,0 +1,135 @@
+"""What ``--resume`` needs, saved and restored as one safetensors file (``last.state.safetensors``).
+
+The state file holds the raw model weights (``model.*``), the EMA weights
+(``ema.*``), optimizer tensors (``optim.<param>.<name>``), the RNG states of every
+rank (``rng.<rank>.<generator>``) and a JSON document (counters, optimizer groups,
+GradScaler state, metric history) in its metadata; see :mod:`pretrain.engine.checkpoint`
+for the file format and its atomic, checksummed writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.engine import checkpoint as ckpt
+from pretrain.engine.ema import ModelEMA
+
+__all__ = ["STATE_FORMAT", "RunState", "load_weights", "read_state", "write_state"]
+
+STATE_FORMAT = "pretrain.state/1"
+
+
+@dataclass
+class RunState:
+    """Counters saved in every checkpoint (JSON)."""
+
+    seed: int = 0
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps done, whole run
+    step_in_epoch: int = 0  # optimizer steps done in the unfinished epoch
+    loss_sum: float = 0.0  # sum of this epoch's step losses (mean over ranks)
+    loss_count: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def write_state(
+    path: Path, *, state: RunState, model: nn.Module, ema: ModelEMA | None,
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    rngs: Sequence[Mapping[str, Tensor]], steps_per_epoch: int, total_steps: int,
+) -> None:
+    """Write everything a resumed run needs to ``path`` (atomically, with a checksum)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    opt_tensors, opt_doc = ckpt.flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    for rank, states in enumerate(rngs):
+        tensors.update({f"rng.{rank}.{k}": v for k, v in states.items()})
+    doc = {
+        "format": STATE_FORMAT, "state": asdict(state), "optimizer": opt_doc,
+        "scaler": scaler.state_dict(), "world_size": len(rngs),
+        "ema_updates": ema.updates if ema is not None else 0,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+    }
+    ckpt.save_tensors(path, tensors, {"pretrain.state": ckpt.dumps(doc)})
+
+
+def read_state(
+    path: Path, *, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, rank: int, world_size: int, steps_per_epoch: int,
+) -> RunState:
+    """Restore model, EMA, optimizer, scaler and this rank's RNGs from ``path``.
+
+    Everything is read and checked (checksum, format, steps per epoch, keys and
+    shapes) before the first tensor is copied into the model.
+
+    Raises:
+        CheckpointError: Missing, damaged or foreign file, or one written for another
+            model, data or process count.
+
+    """
+    tensors, meta = ckpt.load_tensors(path)
+    doc = ckpt.parse_state_doc(path, meta)
+    if doc["steps_per_epoch"] != steps_per_epoch:
+        raise ckpt.CheckpointError(
+            f"cannot resume from {path}: it was written with {doc['steps_per_epoch']} steps "
+            f"per epoch, this run has {steps_per_epoch}",
+            hint="The data, data.batch_size, train.grad_accum or the number of processes "
+            "changed; resume with the original settings.",
+        )
+
+    def part(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    load_weights(model, part("model."), path)
+    if ema is not None:
+        load_weights(ema.module, part("ema.") or part("model."), path)
+        ema.updates = int(doc.get("ema_updates", 0))
+    # Hyper-parameters (lr, momentum, ...) come from the spec, so a resumed run may
+    # change them; only the optimizer's state (moments, step counts) is restored.
+    spec_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, doc["optimizer"], optimizer.state_dict()))
+    for group, values in zip(optimizer.param_groups, spec_groups, strict=True):
+        group.update(values)
+    if scaler.is_enabled() and doc.get("scaler"):
+        scaler.load_state_dict(doc["scaler"])
+    saved = doc["state"]
+    state = RunState(**{k: saved[k] for k in asdict(RunState()) if k in saved})
+    if doc["world_size"] == world_size:
+        ckpt.restore_rng({k: v.clone() for k, v in part(f"rng.{rank}.").items()})
+    else:  # another process count: a fresh, still deterministic stream per rank
+        torch.manual_seed(state.seed + rank + state.step)
+    return state
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: Path | str) -> None:
+    """Load ``state`` into ``module`` exactly (every key, every shape) or raise a CheckpointError."""
+    hint = ("The spec's model changed since the checkpoint was written; use the spec "
+            "saved in the run directory (spec.toml).")
+    try:
+        result = module.load_state_dict(dict(state), strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ckpt.CheckpointError(
+            f"the weights in {path} do not fit this model: {str(exc).strip()[:600]}", hint=hint
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ckpt.CheckpointError(
+            f"the weights in {path} do not fit this model: missing "
+            f"{_few(result.missing_keys)}, unexpected {_few(result.unexpected_keys)}", hint=hint,
+        )
+
+
+def _few(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+    return ", ".join(keys[:4]) + more
