@@ -12,14 +12,15 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from pretrain.errors import PretrainError
 
-__all__ = ["DistInfo", "all_gather_tensors", "all_reduce_sum", "barrier", "broadcast_buffers",
-           "init_distributed", "resolve_device", "shutdown"]
+__all__ = ["DistInfo", "LossForward", "all_gather_tensors", "all_reduce_sum", "barrier", "broadcast_buffers",
+           "configure_backends", "init_distributed", "resolve_device", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +162,28 @@ def all_gather_tensors(
         for r, part in enumerate(parts):
             out[r][key] = part.cpu()
     return out
+
+
+def configure_backends(device: torch.device, *, cpu_threads: int | None, deterministic: bool) -> None:
+    """Thread count, determinism and CUDA kernel choices for a run on ``device``."""
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs for fp32 runs
+
+
+class LossForward(torch.nn.Module):
+    """Routes ``forward`` to ``model.loss`` so DDP's gradient hooks (and torch.compile) see the call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Any, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``model.loss(inputs, targets)``."""
+        return self.model.loss(inputs, targets)  # type: ignore[operator, no-any-return]

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ONEDNN_SAFE_CHANNELS", "needs_contiguous_guard", "to_channels_last"]
+__all__ = ["ONEDNN_SAFE_CHANNELS", "guard_note", "needs_contiguous_guard", "to_channels_last"]
 
 #: Input channels (per group) from which oneDNN's strided 1x1 NHWC backward is safe.
 ONEDNN_SAFE_CHANNELS = 16
@@ -88,3 +88,10 @@ def to_channels_last(model: nn.Module, device: torch.device) -> list[str]:
         module.register_forward_pre_hook(_contiguous_input)
         guarded.append(name)
     return guarded
+
+
+def guard_note(guarded: list[str]) -> str:
+    """The one-line log note naming the convolutions :func:`to_channels_last` kept contiguous."""
+    shown = ", ".join(guarded[:4]) + (" ..." if len(guarded) > 4 else "")
+    return (f"note: {len(guarded)} strided 1x1 convolution(s) with fewer than {ONEDNN_SAFE_CHANNELS} "
+            f"input channels stay contiguous on CPU (oneDNN issue #6035): {shown}")

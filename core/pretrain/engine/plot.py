@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from pretrain.engine.checkpoint import atomic_write_bytes
 
-__all__ = ["plot_curves"]
+__all__ = ["CurvePlotter", "plot_curves"]
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -134,3 +135,23 @@ def _pillow_png(history: Sequence[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+class CurvePlotter:
+    """Redraws ``curves.png`` at most every ``every_s`` seconds (drawing costs more than an epoch of a tiny run).
+
+    Args:
+        path: The image to (re)write.
+        every_s: Minimum seconds between two drawings, unless forced.
+
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every_s: float = 10.0) -> None:
+        self.path, self.every_s = path, every_s
+        self._last = -float("inf")
+
+    def plot(self, history: Sequence[dict[str, Any]], *, force: bool = False) -> None:
+        """Draw ``history`` if forced or due."""
+        if force or time.perf_counter() - self._last > self.every_s:
+            plot_curves(history, self.path)
+            self._last = time.perf_counter()

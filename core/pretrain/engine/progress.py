@@ -7,6 +7,7 @@ it host-side numbers it already has.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -149,3 +150,26 @@ class ProgressReporter:
         """Print a line above the live bar (or plainly)."""
         if self.enabled:
             self.console.print(text, highlight=False, soft_wrap=True)
+
+
+def print_run_header(
+    console: Console, *, run_dir: Path, model: Any, device: Any, dist: Any, precision: str,
+    channels_last: bool, compiled: bool, train_images: int, val_images: int | None, steps_per_epoch: int,
+    epochs: int, total_steps: int, best_metric: tuple[str, str], has_classes: bool,
+) -> None:
+    """The three lines a run starts with: model, data and schedule, best-checkpoint metric."""
+    n_params = sum(p.numel() for p in model.parameters())
+    world = f" x {dist.world_size} processes" if dist.distributed else ""
+    note = ""
+    if val_images is not None and not has_classes:
+        note = (f"\n  {type(model).__name__} predicts no dataset classes (e.g. self-supervised): "
+                "data.val reports val_loss")
+    console.print(
+        f"[bold]pretrain train[/] -> {run_dir}\n"
+        f"  model {type(model).__name__}: {n_params:,} parameters on {device}{world}, "
+        f"{precision}{', channels_last' if channels_last else ''}{', compiled' if compiled else ''}\n"
+        f"  data: {train_images} train images{f', {val_images} val images' if val_images is not None else ''}; "
+        f"{steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps; "
+        f"best checkpoint by {best_metric[0]} ({best_metric[1]}){note}",
+        highlight=False,
+    )

@@ -19,8 +19,17 @@ from torch import Tensor, nn
 
 from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.ema import ModelEMA
+from pretrain.engine.rundir import RunDir
 
-__all__ = ["STATE_FORMAT", "RunState", "load_weights", "read_state", "write_state"]
+__all__ = [
+    "STATE_FORMAT",
+    "RunState",
+    "describe_last_checkpoint",
+    "load_weights",
+    "read_state",
+    "write_checkpoint",
+    "write_state",
+]
 
 STATE_FORMAT = "pretrain.state/1"
 
@@ -38,6 +47,13 @@ class RunState:
     best: float | None = None
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def update_best(self, value: float | None, mode: str, epoch: int) -> bool:
+        """Record ``value`` of ``epoch`` if it beats the best so far (``mode`` max/min); return whether."""
+        if value is None or not (self.best is None or (value > self.best if mode == "max" else value < self.best)):
+            return False
+        self.best, self.best_epoch = value, epoch
+        return True
 
 
 def write_state(
@@ -60,6 +76,32 @@ def write_state(
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
     }
     ckpt.save_tensors(path, tensors, {"pretrain.state": ckpt.dumps(doc)})
+
+
+def write_checkpoint(
+    run: RunDir, *, best: bool, record: Mapping[str, Any], state: RunState, model: nn.Module,
+    ema: ModelEMA | None, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    rngs: Sequence[Mapping[str, Tensor]], steps_per_epoch: int, total_steps: int, best_metric: str,
+    spec_raw: Mapping[str, Any],
+) -> None:
+    """Write the state file, ``last`` (and ``best``) weights and ``last.json`` of ``run`` (rank 0).
+
+    The weights files hold what is evaluated: the EMA's when the run evaluates one.
+    """
+    write_state(run.state_file, state=state, model=model, ema=ema, optimizer=optimizer, scaler=scaler,
+                rngs=rngs, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    evaluated = ema is not None and ema.cfg.evaluate
+    weights = ema.state_dict() if ema is not None and evaluated else model.state_dict()
+    source = "ema" if evaluated else "model"
+    meta = {"format": "pretrain.weights/1", "epoch": str(state.epoch), "step": str(state.step),
+            "weights": source, "metrics": ckpt.dumps(record), "spec": ckpt.dumps(spec_raw)}
+    ckpt.save_tensors(run.last_weights, weights, meta)
+    if best:
+        ckpt.save_tensors(run.best_weights, weights, meta)
+    info = {"epoch": state.epoch, "step": state.step, "step_in_epoch": state.step_in_epoch,
+            "best": state.best, "best_epoch": state.best_epoch, "best_metric": best_metric,
+            "weights": source, "metrics": dict(record)}
+    ckpt.atomic_write_bytes(run.last_json, ckpt.dumps(info).encode())
 
 
 def read_state(
@@ -133,3 +175,16 @@ def _few(keys: Sequence[str]) -> str:
         return "none"
     more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
     return ", ".join(keys[:4]) + more
+
+
+def describe_last_checkpoint(run: RunDir) -> tuple[str, str]:
+    """What a failed run leaves to resume from, and what to do: for its error message."""
+    if not run.state_file.exists():
+        return ("no checkpoint was written yet; there is nothing to resume from",
+                "Start again after changing the spec.")
+    try:
+        info = ckpt.read_metadata_json(run.state_file)["state"]
+    except ckpt.CheckpointError:
+        return f"the last checkpoint in {run.checkpoints} is kept", "Inspect it before resuming."
+    return (f"the last good checkpoint ({run.last_weights}, epoch {info['epoch']}, step {info['step']}) is kept",
+            "Resume from the kept checkpoint with --resume after changing the spec.")

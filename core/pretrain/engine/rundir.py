@@ -204,6 +204,24 @@ class RunDir:
             )
         return False
 
+    def claim(self, *, resume: bool) -> bool:
+        """Check the directory for a new or resumed run, then take its lock; nothing is written.
+
+        Returns:
+            Whether there is a run to resume (False for a fresh start).
+
+        Raises:
+            RunDirError: See :meth:`check_fresh_start`, :meth:`check_resumable`, :meth:`acquire_lock`.
+
+        """
+        if resume:
+            resuming = self.check_resumable()
+        else:
+            self.check_fresh_start()
+            resuming = False
+        self.acquire_lock()
+        return resuming
+
     # ------------------------------------------------------------------ lock
 
     @contextlib.contextmanager

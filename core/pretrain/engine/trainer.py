@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -38,10 +37,12 @@ from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.data import Loaders, build_loaders
 from pretrain.engine.distributed import (
     DistInfo,
+    LossForward,
     all_gather_tensors,
     all_reduce_sum,
     barrier,
     broadcast_buffers,
+    configure_backends,
     init_distributed,
 )
 from pretrain.engine.ema import ModelEMA
@@ -52,10 +53,11 @@ from pretrain.engine.evaluate import (
     model_num_classes,
     to_memory_format,
 )
-from pretrain.engine.memory_format import ONEDNN_SAFE_CHANNELS, to_channels_last
+from pretrain.engine.memory_format import guard_note, to_channels_last
 from pretrain.engine.optim import build_optimizer
-from pretrain.engine.progress import ProgressReporter
-from pretrain.engine.run_state import RunState, read_state, write_state
+from pretrain.engine.plot import CurvePlotter
+from pretrain.engine.progress import ProgressReporter, print_run_header
+from pretrain.engine.run_state import RunState, describe_last_checkpoint, read_state, write_checkpoint
 from pretrain.engine.rundir import RunDir, RunDirError
 from pretrain.engine.schedule import LRSchedule, build_schedule
 from pretrain.errors import PretrainError
@@ -65,22 +67,8 @@ from pretrain.spec.validate import ValidatedSpec
 
 __all__ = ["NonFiniteLossError", "RunState", "Trainer"]
 
-_PLOT_EVERY_S = 10.0
-
-
 class NonFiniteLossError(PretrainError):
     """The loss became NaN or infinite; the run stopped without saving anything new."""
-
-
-class _LossForward(nn.Module):
-    """Routes ``forward`` to ``model.loss`` so DDP's gradient hooks see the call."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: Any, targets: Tensor) -> dict[str, Tensor]:
-        return self.model.loss(inputs, targets)  # type: ignore[operator, no-any-return]
 
 
 class Trainer:
@@ -141,7 +129,7 @@ class Trainer:
         self._params: list[nn.Parameter] = []
         self._pending: list[Tensor] = []  # step losses not yet read back (device tensors)
         self._step_hooks = False
-        self._last_plot = 0.0
+        self._plotter = CurvePlotter(self.run.plot_file)
         self._epoch_time, self._epoch_images = 0.0, 0
         self._t_session, self._steps_session = 0.0, 0
         self._ready = False
@@ -170,12 +158,7 @@ class Trainer:
         status, error = 0.0, None
         if self.dist.is_main:
             try:
-                if self.resume:
-                    resuming = self.run.check_resumable()
-                else:
-                    self.run.check_fresh_start()
-                    resuming = False
-                self.run.acquire_lock()
+                resuming = self.run.claim(resume=self.resume)
                 status = 2.0 if resuming else 1.0
                 if self.resume and not resuming:
                     self.console.print(f"note: {self.run.path} holds no checkpoint; --resume starts a new run",
@@ -196,7 +179,7 @@ class Trainer:
         if resuming:
             seed = int(ckpt.read_metadata_json(self.run.state_file)["state"]["seed"])
         self.state.seed = seed
-        self._configure_backends()
+        configure_backends(self.device, cpu_threads=cfg.cpu_threads, deterministic=cfg.deterministic)
 
         torch.manual_seed(seed)  # identical initial weights on every rank
         model: nn.Module = build_node(self.spec.model, console=self.console if d.is_main else None)
@@ -207,12 +190,7 @@ class Trainer:
         if self.channels_last:
             guarded = to_channels_last(model, self.device)
             if guarded and d.is_main:
-                self.console.print(
-                    f"note: {len(guarded)} strided 1x1 convolution(s) with fewer than "
-                    f"{ONEDNN_SAFE_CHANNELS} input channels stay contiguous on CPU "
-                    f"(oneDNN issue #6035): {', '.join(guarded[:4])}{' ...' if len(guarded) > 4 else ''}",
-                    highlight=False, markup=False,
-                )
+                self.console.print(guard_note(guarded), highlight=False, markup=False)
         self.model = model
         self.num_classes = model_num_classes(model)
         self.best_metric = resolve_best_metric(cfg, has_classes=self.num_classes is not None)
@@ -239,7 +217,7 @@ class Trainer:
         # ``forward(x, y) -> loss dict``: model.loss itself, or through DDP / torch.compile.
         self.forward = model.loss  # type: ignore[assignment]
         if d.distributed or cfg.compile:
-            wrapped: nn.Module = _LossForward(model)
+            wrapped: nn.Module = LossForward(model)
             if d.distributed:
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 wrapped = self.ddp = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
@@ -259,17 +237,6 @@ class Trainer:
         # Read losses back every step where that is free (CPU) or a hook needs each value.
         self._step_hooks = self.hooks.has("pretrain_after_step")
         self.sync_every = 1 if (self.device.type == "cpu" or self._step_hooks) else cfg.log_every_steps
-
-    def _configure_backends(self) -> None:
-        if self.cfg.cpu_threads is not None:
-            torch.set_num_threads(self.cfg.cpu_threads)
-        if self.cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs for fp32 runs
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent; :meth:`fit` calls it)."""
@@ -296,7 +263,15 @@ class Trainer:
             if not (self.resume and self.run.spec_file.exists()):
                 self.run.write_spec(self.spec.raw)
             self.run.write_metrics(self.state.history)
-            self._print_header()
+            train, val = self.loaders.train, self.loaders.val
+            assert train is not None
+            print_run_header(
+                self.console, run_dir=self.run.path, model=self.model, device=self.device, dist=d,
+                precision=cfg.precision, channels_last=self.channels_last, compiled=cfg.compile,
+                train_images=train.size, val_images=val.total_samples if val is not None else None,
+                steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs, total_steps=self.total_steps,
+                best_metric=self.best_metric, has_classes=self.num_classes is not None,
+            )
         self.progress = ProgressReporter(
             self.console, enabled=d.is_main, epochs=cfg.epochs, total_steps=self.total_steps,
             log_every=cfg.log_every_steps, live=self._live,
@@ -316,7 +291,7 @@ class Trainer:
                 if self.state.step >= self.total_steps:
                     break
         if d.is_main and self.state.history:
-            self._plot(force=True)
+            self._plotter.plot(self.state.history, force=True)
         self.hooks.call("pretrain_train_end", trainer=self, metrics=record)
         return record
 
@@ -423,16 +398,7 @@ class Trainer:
         return values[-1]
 
     def _non_finite(self, step: int, value: float) -> None:
-        kept = "no checkpoint was written yet; there is nothing to resume from"
-        advice = "Start again after changing the spec."
-        if self.run.state_file.exists():
-            try:
-                info = ckpt.read_metadata_json(self.run.state_file)["state"]
-                kept = (f"the last good checkpoint ({self.run.last_weights}, epoch "
-                        f"{info['epoch']}, step {info['step']}) is kept")
-                advice = "Resume from the kept checkpoint with --resume after changing the spec."
-            except PretrainError:
-                kept = f"the last checkpoint in {self.run.checkpoints} is kept"
+        kept, advice = describe_last_checkpoint(self.run)
         raise NonFiniteLossError(
             f"training stopped: the loss became {value} at step {step} (epoch "
             f"{self.state.epoch + 1}); {kept}.",
@@ -479,27 +445,15 @@ class Trainer:
         record["images_per_s"] = round(self._epoch_images / max(self._epoch_time, 1e-9), 1)
         st.history.append(record)
         st.epoch, st.step_in_epoch, st.loss_sum, st.loss_count = epoch + 1, 0, 0.0, 0
-        metric, mode = self.best_metric
-        value = record.get(metric)
-        better = value is not None and (st.best is None or (value > st.best if mode == "max" else value < st.best))
-        if better:
-            st.best, st.best_epoch = value, epoch + 1
+        better = st.update_best(record.get(self.best_metric[0]), self.best_metric[1], epoch + 1)
         self._save_checkpoint(best=better, record=record)
         if self.dist.is_main:
             self.run.write_metrics(st.history)
             assert self.progress is not None
             self.progress.end_epoch(record)
-            self._plot()
+            self._plotter.plot(st.history)
         self.hooks.call("pretrain_epoch_end", trainer=self, epoch=epoch + 1, metrics=record)
         return record
-
-    def _plot(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if force or now - self._last_plot > _PLOT_EVERY_S:
-            from pretrain.engine.plot import plot_curves
-
-            plot_curves(self.state.history, self.run.plot_file)
-            self._last_plot = time.perf_counter()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -507,26 +461,12 @@ class Trainer:
         """Write ``last`` (+ ``best``) on rank 0; every rank contributes its RNG state."""
         rngs = all_gather_tensors(ckpt.capture_rng(), self.dist)  # collective: all ranks
         if self.dist.is_main:
-            st = self.state
-            write_state(
-                self.run.state_file, state=st, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                scaler=self.scaler, rngs=rngs, steps_per_epoch=self.steps_per_epoch,
-                total_steps=self.total_steps,
+            write_checkpoint(
+                self.run, best=best, record=record or {}, state=self.state, model=self.model,
+                ema=self.ema, optimizer=self.optimizer, scaler=self.scaler, rngs=rngs,
+                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                best_metric=self.best_metric[0], spec_raw=self.spec.raw,
             )
-            evaluated = self.ema is not None and self.ema.cfg.evaluate
-            weights = self.ema.state_dict() if self.ema is not None and evaluated else self.model.state_dict()
-            source = "ema" if evaluated else "model"
-            meta = {
-                "format": "pretrain.weights/1", "epoch": str(st.epoch), "step": str(st.step),
-                "weights": source, "metrics": ckpt.dumps(record or {}), "spec": ckpt.dumps(self.spec.raw),
-            }
-            ckpt.save_tensors(self.run.last_weights, weights, meta)
-            if best:
-                ckpt.save_tensors(self.run.best_weights, weights, meta)
-            info = {"epoch": st.epoch, "step": st.step, "step_in_epoch": st.step_in_epoch,
-                    "best": st.best, "best_epoch": st.best_epoch, "best_metric": self.best_metric[0],
-                    "weights": source, "metrics": record or {}}
-            ckpt.atomic_write_bytes(self.run.last_json, ckpt.dumps(info).encode())
         barrier(self.dist)
 
     def _load_checkpoint(self) -> None:
@@ -541,25 +481,3 @@ class Trainer:
                 f"{self.state.step} ({self.state.step_in_epoch} steps into the epoch)",
                 highlight=False,
             )
-
-    def _print_header(self) -> None:
-        n_params = sum(p.numel() for p in self.model.parameters())
-        d, cfg, train = self.dist, self.cfg, self.loaders.train
-        assert train is not None
-        val = self.loaders.val
-        world = f" x {d.world_size} processes" if d.distributed else ""
-        note = ""
-        if val is not None and self.num_classes is None:
-            note = (f"\n  {type(self.model).__name__} predicts no dataset classes (e.g. self-supervised): "
-                    "data.val reports val_loss")
-        self.console.print(
-            f"[bold]pretrain train[/] -> {self.run.path}\n"
-            f"  model {type(self.model).__name__}: {n_params:,} parameters on {self.device}{world}, "
-            f"{cfg.precision}{', channels_last' if self.channels_last else ''}"
-            f"{', compiled' if cfg.compile else ''}\n"
-            f"  data: {train.size} train images"
-            f"{f', {val.total_samples} val images' if val is not None else ''}; "
-            f"{self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs = {self.total_steps} steps; "
-            f"best checkpoint by {self.best_metric[0]} ({self.best_metric[1]}){note}",
-            highlight=False,
-        )
