@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from pretrain._kinds import ComponentRef
-from pretrain.engine.data_contracts import BaseDataset, BaseTransform, TransformRef
+from pretrain.engine.data_contracts import BaseDataset, BaseTransform, Masked, TransformRef
 
 __all__ = [
     "BackboneRef",
@@ -38,6 +38,7 @@ __all__ = [
     "BatchAugmentRef",
     "HeadRef",
     "LossRef",
+    "Masked",
     "NeckRef",
     "TargetGeneratorRef",
     "TargetKind",

@@ -34,6 +34,7 @@ from rich.console import Console
 from torch import Tensor, nn
 
 from pretrain.engine import checkpoint as ckpt
+from pretrain.engine.data_contracts import Masked
 from pretrain.engine.distributed import (
     DistInfo,
     all_gather_tensors,
@@ -106,9 +107,11 @@ def model_num_classes(model: nn.Module) -> int | None:
     return n if isinstance(n, int) else None
 
 
-def _to_memory_format(x: Tensor | list[Tensor], channels_last: bool) -> Tensor | list[Tensor]:
+def _to_memory_format(x: Tensor | list[Tensor] | Masked, channels_last: bool) -> Tensor | list[Tensor] | Masked:
     if not channels_last:
         return x
+    if isinstance(x, Masked):  # the images change layout; the (N, h, w) mask stays as it is
+        return x.map_images(lambda v: v.contiguous(memory_format=torch.channels_last))
     if isinstance(x, list):
         return [v.contiguous(memory_format=torch.channels_last) for v in x]
     return x.contiguous(memory_format=torch.channels_last)
