@@ -1,10 +1,11 @@
 """``pretrain reconstruct SPEC --weights W``: a PNG grid of masked-image-modelling results.
 
-For a model with a ``reconstruct(images)`` method (``MAE``; any algorithm may add
-one returning the same keys) the grid shows, for ``--num`` validation images, three
+For a model with a ``reconstruct(images)`` method (``MAE``, ``SimMIM``; any algorithm
+may add one returning the same keys) the grid shows, for ``--num`` validation images, three
 rows: the input, the masked input (removed patches painted grey) and the
 reconstruction (predicted pixels where patches were removed, the input elsewhere).
-The masks are random; ``--seed`` fixes them.
+MAE's masks are random (``--seed`` fixes them); SimMIM's come from the split's
+mask generator, like its batches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def add_parser(sub: Any) -> None:
             "and three rows: input, masked input (removed patches grey) and reconstruction "
             "(predicted where removed, the input elsewhere). Images come from [data.val], or from "
             "[data.train] (with its pipeline) when the spec has no val table. The model needs a "
-            "reconstruct() method (MAE has one)."
+            "reconstruct() method (MAE and SimMIM have one; SimMIM's masks come from the split's "
+            "mask generator)."
         ),
     )
     add_spec_arguments(p)
@@ -98,7 +100,7 @@ def reconstruct_images(
 
     from pretrain._build import build_node
     from pretrain.engine import checkpoint as ckpt
-    from pretrain.engine.data import build_loaders
+    from pretrain.engine.data import Masked, build_loaders
     from pretrain.engine.trainer import load_weights
     from pretrain.errors import PretrainError
 
@@ -134,7 +136,10 @@ def reconstruct_images(
     taken = 0
     for images, _ in loaders.val:
         need = num - taken
-        batch = [v[:need] for v in images] if isinstance(images, list) else images[:need]
+        if isinstance(images, Masked):  # mask-generator pipelines (SimMIM): keep the masks
+            batch: Any = Masked(images.map_images(lambda v, n=need: v[:n]).images, images.mask[:need])
+        else:
+            batch = [v[:need] for v in images] if isinstance(images, list) else images[:need]
         with torch.no_grad():
             out = model.reconstruct(batch)
         for key in (*ROWS, "mask"):
