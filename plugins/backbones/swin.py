@@ -33,6 +33,7 @@ from pretrain_builtins.layers import (
     inherit_args_doc,
     maybe_checkpoint,
     pair,
+    replace_masked,
     resize_pos_embed,
     set_norm_eval,
 )
@@ -492,11 +493,7 @@ class SimMIMSwinTransformer(SwinTransformer):
         """Stage maps of the images with masked patches replaced (plain Swin when ``mask`` is None)."""
         tokens, grid = self.embed(x)  # (B, L, C)
         if mask is not None:
-            b, length, _ = tokens.shape
-            if mask.shape[0] != b or mask[0].numel() != length:
-                raise ValueError(f"mask {tuple(mask.shape)} does not cover the {grid[0]}x{grid[1]} patch grid")
-            w = mask.reshape(b, length, 1).to(tokens.dtype)
-            tokens = tokens * (1.0 - w) + self.mask_token.to(tokens.dtype) * w
+            tokens = replace_masked(tokens, mask, self.mask_token)
         return self.run_stages(tokens, grid)
 
 

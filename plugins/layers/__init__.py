@@ -38,6 +38,7 @@ from pretrain_builtins.layers.transformer import (
     TransformerEncoderLayer,
     is_square,
     pair,
+    replace_masked,
     resize_pos_embed,
 )
 from pretrain_builtins.layers.window_attention import (
@@ -79,6 +80,7 @@ __all__ = [
     "maybe_checkpoint",
     "pair",
     "relative_position_index",
+    "replace_masked",
     "resize_pos_embed",
     "resize_relative_position_bias_table",
     "set_norm_eval",
