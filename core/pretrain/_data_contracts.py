@@ -8,8 +8,8 @@ one documented home (this private module only keeps that file short).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from typing import Annotated, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,7 @@ __all__ = [
     "BaseDataset",
     "BaseTransform",
     "Batch",
+    "Masked",
     "Pipeline",
     "SkipSample",
     "TransformRef",
@@ -31,8 +32,82 @@ __all__ = [
 #: A nested transform spec (``MultiView.pipeline``); built by the core before ``__init__``.
 TransformRef = Annotated[nn.Module, ComponentRef("transform")]
 
-#: What loaders yield: images uint8 (N, C, H, W) (or a list of views) and labels long (N,).
-Batch = tuple[Tensor | list[Tensor], Tensor]
+
+class Masked(tuple):  # type: ignore[type-arg]
+    """Images together with their patch mask: what a mask-generator transform returns.
+
+    ``Masked(images, mask)``: ``images`` is uint8 (C, H, W) / (N, C, H, W), or a list of
+    such views; ``mask`` is bool (h, w) / (N, h, w) over the model's patch grid, True =
+    masked. Transforms after the mask generator apply to ``images`` and keep the mask;
+    the loaders stack the masks of a batch into (N, h, w) and the model's
+    ``loss(inputs, targets)`` receives the ``Masked`` batch. A batch without a mask
+    generator stays a plain tensor (or list of views), so nothing else changes.
+
+    It is a named 2-tuple ``(images, mask)`` (like a ``NamedTuple`` that can also be
+    rebuilt from one iterable, as ``tuple(...)`` is): generic code that rebuilds tuples,
+    such as torch's ``pin_memory`` and the conformance kit's batch slicing, keeps it a
+    ``Masked``.
+    """
+
+    __slots__ = ()
+    #: Field names (also what torch's ``pin_memory`` recognises a named tuple by).
+    _fields = ("images", "mask")
+
+    def __new__(cls, images: Any, mask: Tensor | None = None) -> Masked:
+        """``Masked(images, mask)``, or ``Masked((images, mask))`` from one iterable."""
+        if mask is None:  # Masked((images, mask)): rebuilt from an iterable
+            images, mask = images
+        return super().__new__(cls, (images, mask))
+
+    @property
+    def images(self) -> Tensor | list[Tensor]:
+        """The images (or list of views)."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def mask(self) -> Tensor:
+        """Bool patch mask, True = masked: (h, w) per sample, (N, h, w) per batch."""
+        return self[1]  # type: ignore[no-any-return]
+
+    def map_images(self, fn: Any) -> Masked:
+        """A ``Masked`` with ``fn`` applied to every image tensor (each view) and the same mask."""
+        images = self.images
+        return Masked([fn(v) for v in images] if isinstance(images, list) else fn(images), self.mask)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Masked:
+        """Move images and mask to ``device``."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Masked(self.map_images(move).images, move(self.mask))
+
+    def __repr__(self) -> str:
+        return f"Masked(images={_shape_text(self.images)}, mask={_shape_text(self.mask)})"
+
+
+def _shape_text(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_shape_text(v) for v in value) + "]"
+    return type(value).__name__
+
+
+def stack_masked(items: Iterable[Masked], stack: Any = torch.stack) -> Masked:
+    """Batch per-sample ``Masked`` items: images stacked (each view), masks into (N, h, w) bool."""
+    items = list(items)
+    first = items[0].images
+    if isinstance(first, list):
+        images: Tensor | list[Tensor] = [stack([m.images[v] for m in items]) for v in range(len(first))]
+    else:
+        images = stack([m.images for m in items])
+    return Masked(images, torch.stack([m.mask.bool() for m in items]))
+
+
+#: What loaders yield: images uint8 (N, C, H, W) (or a list of views, or a ``Masked``
+#: batch when the pipeline has a mask generator) and labels long (N,).
+Batch = tuple[Tensor | list[Tensor] | Masked, Tensor]
 
 _MASK64 = (1 << 64) - 1
 
@@ -138,9 +213,16 @@ class BaseTransform(nn.Module):
     (never the global RNG), which makes training resumable bit for bit. A plain
     ``nn.Module`` transform without a ``generator`` argument also works but uses
     the global RNG and, on batches, one random draw for the whole batch.
+
+    After a MultiView, a transform is applied to each view; one that sets
+    ``maps_over_views = False`` receives the list of views whole (a mask generator: one
+    mask for all the views of a sample). Transforms after a mask generator receive
+    the images of its ``Masked`` result, which keeps the mask.
     """
 
     component_kind: ClassVar[str] = "transform"
+    #: Apply to each view of a multi-view sample (False: receive the list whole).
+    maps_over_views: ClassVar[bool] = True
 
     def forward(  # pragma: no cover - abstract
         self, images: Tensor, generator: torch.Generator | None = None
@@ -172,19 +254,37 @@ class Pipeline:
         return len(self.transforms)
 
     def __call__(
-        self, images: Tensor | list[Tensor], generator: torch.Generator | None = None
-    ) -> Tensor | list[Tensor]:
+        self, images: Tensor | list[Tensor] | Masked, generator: torch.Generator | None = None
+    ) -> Tensor | list[Tensor] | Masked:
         """Apply every transform to ``images`` (uint8 (C, H, W) or (N, C, H, W))."""
         for transform, with_gen in zip(self.transforms, self._with_generator, strict=True):
             kwargs = {"generator": generator} if with_gen else {}
-            if isinstance(images, list):
-                views = [transform(view, **kwargs) for view in images]
-                if any(isinstance(v, list) for v in views):
+            whole = not getattr(transform, "maps_over_views", True)
+            if isinstance(images, Masked):
+                # Later transforms see the images; the mask rides along unchanged.
+                inner = images.images
+                out = transform(inner, **kwargs) if whole else self._apply(transform, inner, kwargs)
+                if isinstance(out, Masked):
                     raise PretrainError(
-                        f"{type(transform).__name__} returned views of views",
-                        hint="Use at most one MultiView per pipeline.",
+                        f"{type(transform).__name__} makes a second mask in the pipeline",
+                        hint="Use one mask generator per pipeline, as its last transform.",
                     )
-                images = views
+                images = Masked(out, images.mask)
+            elif whole:
+                images = transform(images, **kwargs)  # the whole sample (every view at once)
             else:
-                images = transform(images, **kwargs)
+                images = self._apply(transform, images, kwargs)
         return images
+
+    @staticmethod
+    def _apply(transform: nn.Module, images: Tensor | list[Tensor], kwargs: dict[str, Any]) -> Any:
+        """``transform`` on ``images``, or on each view of a list."""
+        if isinstance(images, list):
+            views = [transform(view, **kwargs) for view in images]
+            if any(isinstance(v, list | Masked) for v in views):
+                raise PretrainError(
+                    f"{type(transform).__name__} returned views of views",
+                    hint="Use at most one MultiView per pipeline.",
+                )
+            return views
+        return transform(images, **kwargs)

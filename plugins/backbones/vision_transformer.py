@@ -175,15 +175,8 @@ class VisionTransformer(BaseBackbone):
         n = self.num_layers
         dpr = [drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(
-                embed_dims=self.embed_dims,
-                num_heads=settings["num_heads"],
-                feedforward_channels=settings["feedforward_channels"],
-                layer_scale_init_value=layer_scale_init_value,
-                drop_rate=drop_rate,
-                drop_path_rate=dpr[i],
-                qkv_bias=qkv_bias,
-            )
+            self.build_layer(settings, drop_rate=drop_rate, drop_path_rate=dpr[i], qkv_bias=qkv_bias,
+                             layer_scale_init_value=layer_scale_init_value)
             for i in range(self.num_layers)
         )
         self.pre_norm: nn.Module = (
@@ -195,6 +188,21 @@ class VisionTransformer(BaseBackbone):
             self.ln2 = nn.LayerNorm(self.embed_dims, eps=LN_EPS)
         if frozen_stages > 0:
             self._freeze_stages()
+
+    def build_layer(
+        self, settings: Mapping[str, int], *, drop_rate: float, drop_path_rate: float, qkv_bias: bool,
+        layer_scale_init_value: float,
+    ) -> nn.Module:
+        """One encoder layer (a hook: variants such as BEiT build their own blocks)."""
+        return TransformerEncoderLayer(
+            embed_dims=self.embed_dims,
+            num_heads=settings["num_heads"],
+            feedforward_channels=settings["feedforward_channels"],
+            layer_scale_init_value=layer_scale_init_value,
+            drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate,
+            qkv_bias=qkv_bias,
+        )
 
     # ------------------------------------------------------------------ spec checks
 
@@ -304,7 +312,7 @@ class VisionTransformer(BaseBackbone):
     ) -> None:
         """Load-time hook: resize a checkpoint's ``pos_embed`` to this model's grid."""
         name = prefix + "pos_embed"
-        if name not in state_dict:
+        if name not in state_dict or self.pos_embed is None:
             return
         ckpt = state_dict[name]
         own_len = self.pos_embed.shape[1]
@@ -342,7 +350,8 @@ class VisionTransformer(BaseBackbone):
         return mods
 
     def _freeze_stages(self) -> None:
-        self.pos_embed.requires_grad_(False)
+        if self.pos_embed is not None:  # BEiT may have no absolute position embedding
+            self.pos_embed.requires_grad_(False)
         if self.cls_token is not None:
             self.cls_token.requires_grad_(False)
         for module in self._frozen_modules():

@@ -1,7 +1,8 @@
 """Building blocks shared by the built-in components, public for plugin authors too.
 
 ``from pretrain_builtins.layers import DropPath, TransformerEncoderLayer`` gives a
-third-party backbone the same blocks (and state-dict key layouts, which follow
+third-party backbone the same blocks (BEiT's relative-position attention, Swin's
+window attention too) (and state-dict key layouts, which follow
 MMCV/MMPretrain) as the built-ins. One factory per concern: activations by name
 (:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`).
 """
@@ -21,6 +22,13 @@ from pretrain_builtins.layers.backbone_utils import (
 from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
 from pretrain_builtins.layers.drop import DropPath, drop_path
 from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d
+from pretrain_builtins.layers.relative_position import (
+    BEiTAttention,
+    BEiTTransformerEncoderLayer,
+    RelativePositionBias,
+    relative_position_index,
+    resize_relative_position_bias_table,
+)
 from pretrain_builtins.layers.transformer import (
     FFN,
     LN_EPS,
@@ -30,13 +38,23 @@ from pretrain_builtins.layers.transformer import (
     TransformerEncoderLayer,
     is_square,
     pair,
+    replace_masked,
     resize_pos_embed,
+)
+from pretrain_builtins.layers.window_attention import (
+    ShiftWindowMSA,
+    WindowMSA,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
 )
 
 __all__ = [
     "FFN",
     "LN_EPS",
     "ActName",
+    "BEiTAttention",
+    "BEiTTransformerEncoderLayer",
     "ConvBNAct",
     "DropPath",
     "FrozenStagesMixin",
@@ -44,8 +62,11 @@ __all__ = [
     "MultiheadAttention",
     "NormName",
     "PatchEmbed",
+    "RelativePositionBias",
     "SELayer",
+    "ShiftWindowMSA",
     "TransformerEncoderLayer",
+    "WindowMSA",
     "apply_norm",
     "build_activation",
     "build_norm1d",
@@ -58,6 +79,12 @@ __all__ = [
     "make_divisible",
     "maybe_checkpoint",
     "pair",
+    "relative_position_index",
+    "replace_masked",
     "resize_pos_embed",
+    "resize_relative_position_bias_table",
     "set_norm_eval",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
 ]

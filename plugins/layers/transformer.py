@@ -27,6 +27,7 @@ __all__ = [
     "TransformerEncoderLayer",
     "is_square",
     "pair",
+    "replace_masked",
     "resize_pos_embed",
 ]
 
@@ -85,6 +86,15 @@ def resize_pos_embed(
     grid = F.interpolate(grid, size=tuple(dst_shape), mode=mode, align_corners=False)  # (1, C, H', W')
     grid = grid.flatten(2).transpose(1, 2)  # (1, H'·W', C)
     return torch.cat((extra, grid), dim=1)
+
+
+def replace_masked(tokens: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
+    """Patch tokens (B, L, C) with the masked ones (mask (B, ...) of L entries, True = masked) replaced."""
+    b, length, _ = tokens.shape
+    if mask.shape[0] != b or mask[0].numel() != length:
+        raise ValueError(f"mask {tuple(mask.shape)} does not cover the {length} patches of the images (the patch grid)")
+    w = mask.reshape(b, length, 1).to(tokens.dtype)
+    return tokens * (1.0 - w) + mask_token.to(tokens.dtype) * w
 
 
 # ----------------------------------------------------------------------------- blocks

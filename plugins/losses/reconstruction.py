@@ -29,7 +29,9 @@ class PixelReconstructionLoss(BaseLoss):
     ``pred`` and ``target`` are (B, L, D) per-patch values (or any equal shapes).
     With a 3-D loss the D values of each patch are averaged first; with a
     ``weight`` (the MAE mask, 1 = masked) the result is
-    ``Σ(loss·mask) / Σmask / channel``, otherwise the plain mean.
+    ``Σ(loss·mask) / Σmask / channel``, otherwise the plain mean. ``Σmask`` is taken
+    over the mask as given, before it is broadcast to the loss: SimMIM's (B, 1, H, W)
+    pixel mask with ``channel = 3`` gives the mean over the masked pixels' values.
 
     Args:
         criterion: ``L1`` (absolute error) or ``L2`` (squared error).
@@ -97,12 +99,15 @@ class PixelReconstructionLoss(BaseLoss):
         if weight.dim() < loss.dim() and weight.shape[0] == loss.shape[0]:
             # A per-sample (N,) weight on an element-wise loss applies to the whole sample.
             weight = weight.view(-1, *[1] * (loss.dim() - 1))
-        weight = weight.expand_as(loss)
-        weighted = loss * weight
+        # MMPretrain divides by the mask as given, before broadcasting: SimMIM's (B, 1, H, W)
+        # pixel mask on a (B, 3, H, W) loss counts each pixel once, and `channel = 3` makes
+        # the result the mean over masked values.
+        given = weight.sum()
+        weighted = loss * weight.expand_as(loss)
         if reduction == "none":
             return weighted * self.loss_weight
         if reduction == "sum":
             return weighted.sum() * self.loss_weight
         # A batch with nothing masked has nothing to reconstruct: 0, not 0/0.
-        denom = weight.sum().clamp(min=1e-12) if avg_factor is None else weighted.new_tensor(avg_factor)
+        denom = given.clamp(min=1e-12) if avg_factor is None else weighted.new_tensor(avg_factor)
         return weighted.sum() / denom / self.channel * self.loss_weight

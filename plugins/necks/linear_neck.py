@@ -27,7 +27,8 @@ class LinearNeck(BaseNeck):
         out_channels: Channels of the output feature.
         gap_dim: Global average pooling before the fc: 0 for none (the input is
             already (N, C)), 1/2/3 for (N, C, L) / (N, C, H, W) / (N, C, D, H, W) inputs.
-        norm: Normalisation after the fc (BN1d, SyncBN or LN), or none.
+        norm: Normalisation after the fc (BN1d, SyncBN or LN), or ``none`` (TOML has no null;
+            MMPretrain's ``norm_cfg=None``, as MaskFeat uses).
         act: Activation after the norm, or none.
 
     """
@@ -43,7 +44,7 @@ class LinearNeck(BaseNeck):
         in_channels: Annotated[int, Field(gt=0)],
         out_channels: Annotated[int, Field(gt=0)],
         gap_dim: Literal[0, 1, 2, 3] = 0,
-        norm: NormName | None = "BN1d",
+        norm: NormName | Literal["none"] | None = "BN1d",
         act: ActName | None = None,
     ) -> None:
         super().__init__()
@@ -51,7 +52,7 @@ class LinearNeck(BaseNeck):
         self.out_channels = out_channels
         self.gap: nn.Module = nn.Identity() if gap_dim == 0 else GlobalAveragePooling(dim=gap_dim)
         self.fc = nn.Linear(in_channels, out_channels)
-        self.norm: nn.Module = nn.Identity() if norm is None else build_norm1d(norm, out_channels)
+        self.norm: nn.Module = nn.Identity() if norm in (None, "none") else build_norm1d(norm, out_channels)
         self.act: nn.Module = nn.Identity() if act is None else build_activation(act)
 
     def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -1,10 +1,11 @@
 """``pretrain reconstruct SPEC --weights W``: a PNG grid of masked-image-modelling results.
 
-For a model with a ``reconstruct(images)`` method (``MAE``; any algorithm may add
-one returning the same keys) the grid shows, for ``--num`` validation images, three
+For a model with a ``reconstruct(images)`` method (``MAE``, ``SimMIM``; any algorithm
+may add one returning the same keys) the grid shows, for ``--num`` validation images, three
 rows: the input, the masked input (removed patches painted grey) and the
 reconstruction (predicted pixels where patches were removed, the input elsewhere).
-The masks are random; ``--seed`` fixes them.
+MAE's masks are random (``--seed`` fixes them); SimMIM's come from the split's
+mask generator, like its batches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def add_parser(sub: Any) -> None:
             "and three rows: input, masked input (removed patches grey) and reconstruction "
             "(predicted where removed, the input elsewhere). Images come from [data.val], or from "
             "[data.train] (with its pipeline) when the spec has no val table. The model needs a "
-            "reconstruct() method (MAE has one)."
+            "reconstruct() method (MAE and SimMIM have one; SimMIM's masks come from the split's "
+            "mask generator)."
         ),
     )
     add_spec_arguments(p)
@@ -83,6 +85,7 @@ def reconstruct_images(
     import torch
 
     from pretrain.assembly.assemble import build_node
+    from pretrain.components import Masked
     from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.run_state import load_weights
@@ -120,7 +123,10 @@ def reconstruct_images(
     taken = 0
     for images, _ in loaders.val:
         need = num - taken
-        batch = [v[:need] for v in images] if isinstance(images, list) else images[:need]
+        if isinstance(images, Masked):  # mask-generator pipelines (SimMIM): keep the masks
+            batch: Any = Masked(images.map_images(lambda v, n=need: v[:n]).images, images.mask[:need])
+        else:
+            batch = [v[:need] for v in images] if isinstance(images, list) else images[:need]
         with torch.no_grad():
             out = model.reconstruct(batch)
         for key in (*ROWS, "mask"):

@@ -9,6 +9,11 @@ Two ways to feed the model, chosen per dataset:
 - **DataLoader** (everything else): ``num_workers`` processes decode and augment
   one sample at a time; batches are pinned and copied asynchronously.
 
+A pipeline may end with a mask generator (``BEiTMaskGenerator``,
+``SimMIMMaskGenerator``): its samples are ``Masked(images, mask)``, and both paths
+yield ``Masked`` batches whose masks are stacked into bool (N, h, w), on the device
+with the images.
+
 Reproducibility is exact and cheap to resume: the sample order of epoch ``e`` is a
 function of ``(seed, e)`` only, and augmentation randomness comes from generators
 seeded from ``(seed, epoch, batch)`` (in memory) or ``(seed, epoch, sample index)``
@@ -31,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pretrain._data_contracts import stack_masked
 from pretrain.assembly.assemble import build_node
-from pretrain.components import BaseDataset, Batch, Pipeline, SkipSample, mix_seed, to_channels
+from pretrain.components import BaseDataset, Batch, Masked, Pipeline, SkipSample, mix_seed, to_channels
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
 from pretrain.spec.data_section import SPLITS, DataOptions, DataSection, DatasetSpec
@@ -63,7 +69,8 @@ class _MemorySource:
 
     def batch(self, indices: Tensor, key: tuple[int, ...]) -> Batch:
         idx = indices.to(self.device, non_blocking=True)
-        images: Tensor | list[Tensor] = self.images.index_select(0, idx)  # (B, C, H, W)
+        # (B, C, H, W); a list of views after MultiView, a Masked after a mask generator
+        images: Tensor | list[Tensor] | Masked = self.images.index_select(0, idx)
         if len(self.pipeline):
             self._generator.manual_seed(mix_seed(*key))
             images = self.pipeline(images, generator=self._generator)
@@ -80,10 +87,10 @@ class _SampleDataset(torch.utils.data.Dataset[Any]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | list[Tensor], int] | None:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | list[Tensor] | Masked, int] | None:
         epoch, index = key
         try:
-            image: Tensor | list[Tensor] = to_channels(self.dataset.load_image(index), self.channels)
+            image: Tensor | list[Tensor] | Masked = to_channels(self.dataset.load_image(index), self.channels)
         except SkipSample:
             return None
         if len(self.pipeline):
@@ -103,12 +110,14 @@ def _stack(items: list[Tensor]) -> Tensor:
     return torch.stack(items)
 
 
-def _collate(samples: list[tuple[Tensor | list[Tensor], int] | None]) -> Batch | None:
+def _collate(samples: list[tuple[Tensor | list[Tensor] | Masked, int] | None]) -> Batch | None:
     kept = [s for s in samples if s is not None]
     if not kept:
         return None
     labels = torch.tensor([label for _, label in kept], dtype=torch.long)
     first = kept[0][0]
+    if isinstance(first, Masked):  # images (or views) stacked, masks into (N, h, w) bool
+        return stack_masked([s[0] for s in kept], stack=_stack), labels  # type: ignore[misc]
     if isinstance(first, list):
         views = [_stack([s[0][v] for s in kept]) for v in range(len(first))]
         return views, labels
@@ -147,7 +156,9 @@ class _LoaderSource:
             if item is None:  # every sample of the batch was skipped
                 continue
             images, labels = item
-            if isinstance(images, list):
+            if isinstance(images, Masked):
+                images = images.to(self.device, non_blocking=True)
+            elif isinstance(images, list):
                 images = [v.to(self.device, non_blocking=True) for v in images]
             else:
                 images = images.to(self.device, non_blocking=True)
@@ -287,9 +298,11 @@ def _use_memory(dataset: BaseDataset, options: DataOptions, channels: int, loc: 
     return options.in_memory is True or mib <= options.in_memory_max_mb
 
 
-def _check_shape(out: Tensor | list[Tensor], image_size: int | None, loc: str) -> None:
+def _check_shape(out: Tensor | list[Tensor] | Masked, image_size: int | None, loc: str) -> None:
     if image_size is None:
         return
+    if isinstance(out, Masked):
+        out = out.images
     first = out[0] if isinstance(out, list) else out
     h, w = first.shape[-2:]
     if (h, w) != (image_size, image_size):
@@ -325,7 +338,7 @@ def _prepare(
         raise _fail(loc, f"channels = {requested} but the model takes {in_channels}-channel "
                     "images", "Remove `channels` (images then follow the model) or change it.")
     channels = in_channels or dataset.channels
-    probe: Tensor | list[Tensor] | None
+    probe: Tensor | list[Tensor] | Masked | None
     if _use_memory(dataset, options, channels, loc):
         images, labels = dataset.load_all()
         if len(labels) == 0:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pretrain.components import Masked
 from pretrain.engine.distributed import DistInfo, init_distributed
 from pretrain.engine.memory_format import to_channels_last
 from pretrain.engine.metrics import AccuracyMeter
@@ -45,9 +46,11 @@ def model_num_classes(model: nn.Module) -> int | None:
 
 
 def to_memory_format(x: Any, channels_last: bool) -> Any:
-    """A batch's images (a tensor or a list of views) in the channels-last format, if asked."""
+    """A batch's images (a tensor, a list of views, or ``Masked``) in the channels-last format, if asked."""
     if not channels_last:
         return x
+    if isinstance(x, Masked):  # the images change layout; the (N, h, w) mask stays as it is
+        return x.map_images(lambda v: to_memory_format(v, channels_last))
     if isinstance(x, list):
         return [v.contiguous(memory_format=torch.channels_last) for v in x]
     if isinstance(x, Tensor) and x.dim() == 4:
