@@ -6,7 +6,9 @@ One optimizer step, in order::
     for each of grad_accum micro-batches (DDP syncs only on the last):
         with autocast(bf16|fp16):  out = model.loss(x, y)  # x uint8 (B, C, H, W), y (B,)
         scaler.scale(out["loss"] / n).backward()
-    clip_grad_norm_ ; optimizer.step ; zero_grad ; ema.update
+    clip_grad_norm_ ; optimizer.step ; zero_grad
+    model.after_optimizer_step(step, total_steps)           # if defined (momentum teachers)
+    ema.update
 
 Losses stay on the device and are read back in one sync every ``sync_every``
 steps (every step on CPU, where it is free), which is also where a non-finite
@@ -437,6 +439,11 @@ class Trainer:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
+        # A momentum teacher (BYOL, MoCo) follows the weights just stepped; its schedule
+        # gets the global step (1-based, this one included) and the run's length explicitly.
+        after_step = getattr(self.model, "after_optimizer_step", None)
+        if callable(after_step):
+            after_step(step=self.state.step + 1, total_steps=self.total_steps)
         if self.ema is not None:
             self.ema.update(self.model, self.state.step + 1)
         assert total is not None
