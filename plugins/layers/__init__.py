@@ -3,7 +3,8 @@
 ``from pretrain_builtins.layers import DropPath, TransformerEncoderLayer`` gives a
 third-party backbone the same blocks (and state-dict key layouts, which follow
 MMCV/MMPretrain) as the built-ins. One factory per concern: activations by name
-(:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`).
+(:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`). Self-supervision
+blocks: :class:`MomentumTeacher` (EMA teacher) and :class:`MemoryQueue` (MoCo's queue).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from pretrain_builtins.layers.backbone_utils import (
 )
 from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
 from pretrain_builtins.layers.drop import DropPath, drop_path
-from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d
+from pretrain_builtins.layers.momentum import MomentumTeacher, cosine_momentum
+from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d, global_batch_norm
+from pretrain_builtins.layers.queue import MemoryQueue
 from pretrain_builtins.layers.transformer import (
     FFN,
     LN_EPS,
@@ -41,6 +44,8 @@ __all__ = [
     "DropPath",
     "FrozenStagesMixin",
     "LayerScale",
+    "MemoryQueue",
+    "MomentumTeacher",
     "MultiheadAttention",
     "NormName",
     "PatchEmbed",
@@ -49,9 +54,11 @@ __all__ = [
     "apply_norm",
     "build_activation",
     "build_norm1d",
+    "cosine_momentum",
     "drop_path",
     "first_issue_error",
     "freeze",
+    "global_batch_norm",
     "index_issues",
     "inherit_args_doc",
     "is_square",
