@@ -22,7 +22,7 @@ from pretrain_builtins.layers.backbone_utils import (
 from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
 from pretrain_builtins.layers.drop import DropPath, drop_path
 from pretrain_builtins.layers.momentum import MomentumTeacher, cosine_momentum
-from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d, global_batch_norm
+from pretrain_builtins.layers.norm import GlobalBatchNorm1d, NormName, apply_norm, build_norm1d, global_batch_norm
 from pretrain_builtins.layers.queue import MemoryQueue
 from pretrain_builtins.layers.transformer import (
     FFN,
@@ -43,6 +43,7 @@ __all__ = [
     "ConvBNAct",
     "DropPath",
     "FrozenStagesMixin",
+    "GlobalBatchNorm1d",
     "LayerScale",
     "MemoryQueue",
     "MomentumTeacher",
