@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
@@ -54,13 +55,14 @@ class Lamb(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        *,
+        lr: Annotated[float, Field(gt=0)] = 1e-3,
         bias_correction: bool = True,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.01,
+        betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999),
+        eps: Annotated[float, Field(ge=0)] = 1e-6,
+        weight_decay: Annotated[float, Field(ge=0)] = 0.01,
         grad_averaging: bool = True,
-        max_grad_norm: float | None = 1.0,
+        max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
         trust_clip: bool = False,
         always_adapt: bool = False,
         exclude_bias_and_norm: bool = True,

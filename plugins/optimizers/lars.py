@@ -22,9 +22,10 @@ to the host (no ``.item()`` per parameter), so a step does not synchronise the G
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
@@ -51,13 +52,14 @@ class LARS(Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        dampening: float = 0.0,
-        eta: float = 0.001,
+        *,
+        lr: Annotated[float, Field(gt=0)],
+        momentum: Annotated[float, Field(ge=0)] = 0.0,
+        weight_decay: Annotated[float, Field(ge=0)] = 0.0,
+        dampening: Annotated[float, Field(ge=0)] = 0.0,
+        eta: Annotated[float, Field(ge=0)] = 0.001,
         nesterov: bool = False,
-        eps: float = 1e-8,
+        eps: Annotated[float, Field(ge=0)] = 1e-8,
         exclude_bias_and_norm: bool = True,
     ) -> None:
         for name, value in (("learning rate", lr), ("momentum", momentum), ("weight_decay", weight_decay),
