@@ -428,6 +428,23 @@ def test_multiview_and_registry_built_pipeline() -> None:
         MultiView(pipeline=[MultiView(pipeline=[])])
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_multiview_views_of_different_sizes_reach_the_model_batched_per_view(in_memory: bool) -> None:
+    """BYOL-style list form: one 8 px view and two 6 px views per image, both loader paths."""
+    views = {"type": "MultiView", "num_views": [1, 2], "transforms": [
+        [{"type": "RandomCrop", "size": 8, "padding": 1}], [{"type": "RandomResizedCrop", "size": 6}]]}
+    raw = {"batch_size": 4, "image_size": 8, "in_memory": in_memory, "num_workers": 0,
+           "train": {"type": "Digits", "split": "val", "image_size": 8, "pipeline": [views]}}
+    ctx = ValidationContext()
+    section = validate_data_section(raw, ctx)
+    assert section is not None, ctx.issues
+    train = loaders(section).train
+    train.set_epoch(0)
+    batch, labels = next(iter(train))
+    assert [tuple(v.shape) for v in batch] == [(4, 1, 8, 8), (4, 1, 6, 6), (4, 1, 6, 6)]
+    assert labels.shape == (4,)
+
+
 # --------------------------------------------------------------------------- loaders
 
 

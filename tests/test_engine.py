@@ -265,6 +265,26 @@ def test_hooks_are_called_at_their_points(tmp_path: Path) -> None:
     assert not pm.is_registered(recorder)
 
 
+def test_model_after_optimizer_step_gets_the_global_step_and_the_run_length(tmp_path: Path) -> None:
+    """The momentum-teacher hook: called once per optimizer step, after it, with explicit counts."""
+    trainer = Trainer(validate_spec(tiny_spec(TINY_VIT, epochs=2, max_steps=5, grad_accum=2,
+                                              data=digits_data(batch_size=64))),
+                      tmp_path / "run", live=False)
+    trainer.setup()
+    calls: list[tuple[int, int, bool]] = []
+    first = next(trainer.model.parameters())
+    before = first.detach().clone()
+
+    def after_optimizer_step(*, step: int, total_steps: int) -> None:
+        # The optimizer has already stepped (weights moved) and gradients are cleared.
+        calls.append((step, total_steps, not torch.equal(first, before) and first.grad is None))
+        before.copy_(first.detach())
+
+    trainer.model.after_optimizer_step = after_optimizer_step  # type: ignore[method-assign]
+    trainer.fit()
+    assert calls == [(s, 5, True) for s in range(1, 6)]
+
+
 def test_run_dir_contents_and_eval_weights(tmp_path: Path) -> None:
     trainer, record = _fit(
         tiny_spec(epochs=2, channels_last=True, ema={"decay": 0.5},

@@ -13,6 +13,7 @@ from pretrain import SpecError
 from pretrain.assembly.assemble import build_from_spec
 from pretrain_builtins.heads._common import classification_loss, targets_for_loss, topk_accuracy
 from pretrain_builtins.heads.cls_head import ClsHead, LinearClsHead, StackedLinearClsHead
+from pretrain_builtins.layers import GlobalBatchNorm1d
 from pretrain_builtins.losses.cross_entropy import CrossEntropyLoss
 from pretrain_builtins.losses.regression import L1Loss
 from pretrain_builtins.necks.gap import GlobalAveragePooling
@@ -81,7 +82,7 @@ def test_nonlinear_neck_default_init_sets_norm_weights_to_one():
 
 def test_syncbn_runs_locally_on_cpu_even_inside_a_process_group(tmp_path):
     neck = NonLinearNeck(in_channels=8, hid_channels=16, out_channels=4, norm="SyncBN")
-    assert isinstance(neck.bn0, nn.SyncBatchNorm)
+    assert isinstance(neck.bn0, GlobalBatchNorm1d) and not isinstance(neck.bn0, nn.SyncBatchNorm)
     x = (torch.randn(4, 8, 2, 2),)
     neck.train()
     out_single = neck(x)[0]  # no process group

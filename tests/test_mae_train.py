@@ -234,14 +234,14 @@ def _doc_block(lang: str, needle: str) -> str:
 
 @pytest.mark.slow
 def test_selfsup_doc_worked_example_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SimSiam code and spec of docs/selfsup.md validate, build and lower their loss."""
-    (tmp_path / "doc_simsiam.py").write_text(_doc_block("python", "class SimSiam"), encoding="utf-8")
+    """The TinySimSiam code and spec of docs/selfsup.md validate, build and lower their loss."""
+    (tmp_path / "doc_simsiam.py").write_text(_doc_block("python", "class TinySimSiam"), encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("doc_simsiam")
-    (tmp_path / "simsiam.toml").write_text(_doc_block("toml", 'type = "SimSiam"'), encoding="utf-8")
+    (tmp_path / "simsiam.toml").write_text(_doc_block("toml", 'type = "TinySimSiam"'), encoding="utf-8")
     raw = pretrain.load_spec(str(tmp_path / "simsiam.toml"), ["train.epochs=3"])
     registry = pretrain.get_registry()
-    registry.register("model", "SimSiam", module.SimSiam)
+    registry.register("model", "TinySimSiam", module.TinySimSiam)
     try:
         from pretrain.engine.trainer import Trainer
 
@@ -254,4 +254,4 @@ def test_selfsup_doc_worked_example_trains(tmp_path: Path, monkeypatch: pytest.M
         feats = trainer.model.extract_feat(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
         assert feats[-1].shape[:2] == (2, 128)
     finally:
-        registry.unregister("model", "SimSiam")
+        registry.unregister("model", "TinySimSiam")

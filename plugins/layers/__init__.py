@@ -4,7 +4,8 @@
 third-party backbone the same blocks (BEiT's relative-position attention, Swin's
 window attention too) (and state-dict key layouts, which follow
 MMCV/MMPretrain) as the built-ins. One factory per concern: activations by name
-(:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`).
+(:func:`build_activation`), (N, C) normalisations (:func:`build_norm1d`). Self-supervision
+blocks: :class:`MomentumTeacher` (EMA teacher) and :class:`MemoryQueue` (MoCo's queue).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pretrain_builtins.layers.backbone_utils import (
 )
 from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
 from pretrain_builtins.layers.drop import DropPath, drop_path
-from pretrain_builtins.layers.norm import NormName, apply_norm, build_norm1d
+from pretrain_builtins.layers.momentum import MomentumTeacher, cosine_momentum
+from pretrain_builtins.layers.norm import GlobalBatchNorm1d, NormName, apply_norm, build_norm1d, global_batch_norm
+from pretrain_builtins.layers.queue import MemoryQueue
 from pretrain_builtins.layers.relative_position import (
     BEiTAttention,
     BEiTTransformerEncoderLayer,
@@ -58,7 +61,10 @@ __all__ = [
     "ConvBNAct",
     "DropPath",
     "FrozenStagesMixin",
+    "GlobalBatchNorm1d",
     "LayerScale",
+    "MemoryQueue",
+    "MomentumTeacher",
     "MultiheadAttention",
     "NormName",
     "PatchEmbed",
@@ -70,9 +76,11 @@ __all__ = [
     "apply_norm",
     "build_activation",
     "build_norm1d",
+    "cosine_momentum",
     "drop_path",
     "first_issue_error",
     "freeze",
+    "global_batch_norm",
     "index_issues",
     "inherit_args_doc",
     "is_square",

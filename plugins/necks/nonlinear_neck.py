@@ -6,7 +6,8 @@ the last norm optional and optionally non-affine.
 
 Differences from MMPretrain: the norm defaults to ``BN1d`` (MMPretrain's SyncBN
 default fails outside a process group, ``open-mmlab/mmselfsup#575``); ``SyncBN``
-synchronises only when distributed on CUDA and is a local batch norm otherwise.
+normalises over the global batch whenever training distributed (CUDA or CPU) and is a
+local batch norm otherwise.
 ``num_layers`` must be at least 2 (with 1, MMPretrain silently outputs
 ``hid_channels`` and ignores ``out_channels``; use ``LinearNeck`` for one layer).
 """
@@ -37,8 +38,8 @@ class NonLinearNeck(BaseNeck):
         with_last_bn_affine: Learnable scale/shift in the last norm.
         with_last_bias: Bias in the last fc layer.
         with_avg_pool: Global average pooling of an (N, C, H, W) input first.
-        norm: Normalisation (BN1d, SyncBN or LN); SyncBN synchronises only when
-            running distributed on CUDA.
+        norm: Normalisation (BN1d, SyncBN or LN); SyncBN uses the statistics of the
+            global batch when training distributed, on any device.
 
     """
 

@@ -125,7 +125,6 @@ class Trainer:
         self.sync_every = 1
         self.progress: ProgressReporter | None = None
         self.last_eval: dict[str, Any] | None = None
-        self._after_step: Callable[..., None] | None = None
         self._params: list[nn.Parameter] = []
         self._pending: list[Tensor] = []  # step losses not yet read back (device tensors)
         self._step_hooks = False
@@ -211,8 +210,6 @@ class Trainer:
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = ModelEMA(model, cfg.ema) if cfg.ema is not None else None
-        hook = getattr(model, "after_optimizer_step", None)
-        self._after_step = hook if callable(hook) else None
 
         # ``forward(x, y) -> loss dict``: model.loss itself, or through DDP / torch.compile.
         self.forward = model.loss  # type: ignore[assignment]
@@ -369,8 +366,11 @@ class Trainer:
         step = self.state.step + 1  # 1-based: steps done including this one
         if self.ema is not None:
             self.ema.update(self.model, step)
-        if self._after_step is not None:  # e.g. a momentum teacher (BYOL, MoCo)
-            self._after_step(step=step, total_steps=self.total_steps)
+        # A momentum teacher (BYOL, MoCo) follows the weights just stepped; its schedule
+        # gets the global step and the run's length explicitly (never a global).
+        after_step = getattr(self.model, "after_optimizer_step", None)
+        if callable(after_step):
+            after_step(step=step, total_steps=self.total_steps)
         assert total is not None
         return total / n if n > 1 else total
 
