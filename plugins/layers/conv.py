@@ -22,10 +22,10 @@ from pretrain_builtins.layers.activation import ActName, build_activation
 
 __all__ = [
     "BNCfg",
+    "Conv2dAdaptivePadding",
     "ConvBNAct",
     "ConvCfg",
     "ConvType",
-    "Conv2dAdaptivePadding",
     "SELayer",
     "build_conv2d",
     "make_divisible",
