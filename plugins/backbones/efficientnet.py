@@ -143,7 +143,8 @@ class EfficientNet(FrozenStagesMixin, BaseBackbone):
         arch: ``b0`` ... ``b8`` (width/depth 1.0/1.0, 1.0/1.1, 1.1/1.2, 1.2/1.4, 1.4/1.8,
             1.6/2.2, 1.8/2.6, 2.0/3.1, 2.2/3.6; resolutions 224, 240, 260, 300, 380, 456,
             528, 600, 672), ``l2`` (4.3/5.3, 800), or the EdgeTPU ``es`` (1.0/1.0, 224),
-            ``em`` (1.0/1.1, 240), ``el`` (1.2/1.4, 300).
+            ``em`` (1.0/1.1, 240), ``el`` (1.2/1.4, 300), which are trained with
+            ``act_cfg = {type = "ReLU"}``.
         in_channels: Channels of the input images.
         drop_path_rate: Maximum stochastic-depth rate, rising linearly over the blocks.
         out_indices: Outputs to return, strictly increasing, each in 0..6.
