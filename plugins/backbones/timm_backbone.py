@@ -59,12 +59,10 @@ def import_timm() -> Any:
 
 
 def _close_matches(timm: Any, name: str) -> list[str]:
-    arch = name.split(".", 1)[0]
-    names = timm.list_models()
-    matches = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
-    if not matches:  # e.g. "vit_tiny": every registered model containing the word
-        matches = [n for n in names if arch.lower() in n][:5]
-    return matches
+    arch = name.split(".", 1)[0].lower()
+    # A prefix ("vit_tiny" -> vit_tiny_patch16_224, ...) first, then spelling neighbours.
+    prefixed = list(timm.list_models(f"{arch}*"))[:5]
+    return prefixed or difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
 
 
 def _hf_cache_dir() -> Path:
