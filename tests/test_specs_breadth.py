@@ -43,3 +43,22 @@ def test_preset_specs_are_complete_training_recipes(name: str) -> None:
     assert {"model", "data", "train", "eval"} <= set(spec)
     assert spec["data"]["train"]["type"] == "ImageFolder" and spec["train"]["epochs"] >= 100
     assert spec["train"]["optimizer"]["type"] in ("SGD", "AdamW", "RMSprop")
+
+
+@pytest.mark.parametrize(
+    ("name", "presets"),
+    [
+        ("ConvNeXt", ["atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge", "huge"]),
+        ("EfficientNet", ["b0", "b4", "b8", "l2", "es", "em", "el"]),
+        ("EfficientNetV2", ["small", "medium", "large", "xl", "b3"]),
+        ("RegNet", ["regnetx_400mf", "regnetx_12gf", "regnet_x_400mf", "regnet_x_32gf"]),
+        ("DeiT3", ["small", "medium", "base", "large", "huge"]),
+        ("DistilledVisionTransformer", ["deit-tiny", "deit-small", "deit-base"]),
+        ("MobileNetV3", ["small_075", "large"]),
+    ],
+)
+def test_describe_lists_the_arch_presets(name: str, presets: list[str], capsys) -> None:
+    assert run_cli(["describe", name, "--json"]) == 0
+    arch = json.loads(capsys.readouterr().out)["properties"]["arch"]
+    for preset in presets:
+        assert preset in arch["description"], preset

@@ -140,10 +140,11 @@ class EfficientNet(FrozenStagesMixin, BaseBackbone):
     blocks in the EdgeTPU archs; strides 2, 4, 8, 16, 32) and the final conv.
 
     Args:
-        arch: ``b0`` ... ``b8`` (width/depth 1.0/1.0, 1.0/1.1, 1.1/1.2, 1.2/1.4, 1.4/1.8,
-            1.6/2.2, 1.8/2.6, 2.0/3.1, 2.2/3.6; resolutions 224, 240, 260, 300, 380, 456,
-            528, 600, 672), ``l2`` (4.3/5.3, 800), or the EdgeTPU ``es`` (1.0/1.0, 224),
-            ``em`` (1.0/1.1, 240), ``el`` (1.2/1.4, 300), which are trained with
+        arch: A preset (width factor, depth factor, resolution): ``b0`` (1.0, 1.0, 224),
+            ``b1`` (1.0, 1.1, 240), ``b2`` (1.1, 1.2, 260), ``b3`` (1.2, 1.4, 300), ``b4``
+            (1.4, 1.8, 380), ``b5`` (1.6, 2.2, 456), ``b6`` (1.8, 2.6, 528), ``b7`` (2.0, 3.1,
+            600), ``b8`` (2.2, 3.6, 672), ``l2`` (4.3, 5.3, 800), or EdgeTPU ``es`` (1.0, 1.0,
+            224), ``em`` (1.0, 1.1, 240), ``el`` (1.2, 1.4, 300), which are trained with
             ``act_cfg = {type = "ReLU"}``.
         in_channels: Channels of the input images.
         drop_path_rate: Maximum stochastic-depth rate, rising linearly over the blocks.

@@ -157,7 +157,8 @@ class EfficientNetV2(FrozenStagesMixin, BaseBackbone):
         arch: ``s``/``small`` (stages of 2, 4, 4, 6, 9, 15 blocks, 24..256 channels),
             ``m``/``medium`` (3, 5, 5, 7, 14, 18, 5 blocks, 24..512), ``l``/``large``
             (4, 7, 7, 10, 19, 25, 7 blocks, 32..640), ``xl`` (4, 8, 8, 16, 24, 32, 8
-            blocks, 32..640), ``b0`` ... ``b3`` (the small V2 models, 16..232 channels).
+            blocks, 32..640), or the small V2 models ``b0`` (16..192 channels), ``b1``
+            (16..192, deeper), ``b2`` (16..208), ``b3`` (16..232).
         in_channels: Channels of the input images.
         drop_path_rate: Maximum stochastic-depth rate, rising linearly over the blocks.
         out_indices: Outputs to return (0 = stem, -1 = final conv), in increasing order.
