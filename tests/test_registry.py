@@ -120,10 +120,11 @@ def test_autoload_off_and_allowlist(site, registry, monkeypatch):
 
 def test_unknown_type_did_you_mean_and_broken_note(site, registry):
     install_good(site)
-    write_dist(site, "fake-bad", entry_points={"pretrain.backbones": {"ResNeXt": "fakeplug_bad.m:X"}},
+    # A name no built-in uses (the built-ins now include ResNeXt).
+    write_dist(site, "fake-bad", entry_points={"pretrain.backbones": {"ResNeSt": "fakeplug_bad.m:X"}},
                modules={"fakeplug_bad/__init__.py": "", "fakeplug_bad/m.py": BROKEN_IMPORT})
     with pytest.raises(PluginLoadError):
-        registry.get("backbone", "ResNeXt")
+        registry.get("backbone", "ResNeSt")
     msg = registry.unknown_message("backbone", "TinyNat")
     assert "did you mean 'TinyNet'" in msg
     assert "fake-bad" in msg and "needs libfoo" in msg

@@ -6,7 +6,7 @@ Provenance: MMPretrain ``mmpretrain/models/backbones/mobilenet_v3.py`` and
 ``mmpretrain/models/utils/inverted_residual.py``: the architecture tables,
 layer names (``layer0`` stem, ``layer1``..``layerN`` inverted residuals with
 ``expand_conv``/``depthwise_conv``/``se``/``linear_conv``, a final 1×1 conv),
-BatchNorm ``eps=1e-3, momentum=0.01``, SE ratio 4 with ReLU then hard-sigmoid,
+BatchNorm ``eps=1e-3, momentum=0.01`` (``norm_cfg``), SE ratio 4 with ReLU then hard-sigmoid,
 and hard-swish where the table says ``HSwish``. For ``small`` and ``large``
 the parameters equal torchvision's ``mobilenet_v3_*().features``. Difference:
 MMPretrain's default init also has ``Normal(layer="Linear", std=0.01)``, which
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from pretrain.components import BaseBackbone
 from pretrain_builtins.layers import (
     ActName,
+    BNCfg,
     ConvBNAct,
     FrozenStagesMixin,
     SELayer,
@@ -38,7 +39,7 @@ __all__ = ["MobileNetV3", "MobileNetV3Arch", "MobileNetV3InvertedResidual"]
 MobileNetV3Arch = Literal["small", "small_075", "small_050", "large"]
 
 #: MobileNetV3 BatchNorm settings (TensorFlow's defaults, as in the paper's code).
-_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
+_BN_CFG: BNCfg = {"type": "BN", "eps": 1e-3, "momentum": 0.01}
 
 
 class MobileNetV3InvertedResidual(nn.Module):
@@ -54,6 +55,8 @@ class MobileNetV3InvertedResidual(nn.Module):
         with_se: Insert an SE layer after the depthwise conv.
         act: Activation of the expansion and depthwise convs.
         with_cp: Activation checkpointing.
+        bn_eps: BatchNorm epsilon.
+        bn_momentum: BatchNorm momentum (PyTorch convention).
 
     """
 
@@ -68,21 +71,24 @@ class MobileNetV3InvertedResidual(nn.Module):
         with_se: bool = False,
         act: ActName = "ReLU",
         with_cp: bool = False,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
+        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.with_res_shortcut = stride == 1 and in_channels == out_channels
         self.with_cp = with_cp
         self.with_expand_conv = mid_channels != in_channels
         if self.with_expand_conv:
-            self.expand_conv = ConvBNAct(in_channels, mid_channels, 1, act=act, **_BN)
+            self.expand_conv = ConvBNAct(in_channels, mid_channels, 1, act=act, **bn)
         self.depthwise_conv = ConvBNAct(
             mid_channels, mid_channels, kernel_size, stride=stride, groups=mid_channels,
-            act=act, **_BN,
+            act=act, **bn,
         )
         self.se: nn.Module = SELayer(mid_channels, ratio=4) if with_se else nn.Identity()
-        self.linear_conv = ConvBNAct(mid_channels, out_channels, 1, act=None, **_BN)
+        self.linear_conv = ConvBNAct(mid_channels, out_channels, 1, act=None, **bn)
 
     def _inner_forward(self, x: Tensor) -> Tensor:
         out = self.expand_conv(x) if self.with_expand_conv else x  # (B, C_mid, H, W)
@@ -109,6 +115,8 @@ class MobileNetV3(FrozenStagesMixin, BaseBackbone):
         frozen_stages: Freeze (no grad, eval mode) layers 0..N; -1 freezes nothing.
         norm_eval: Keep every BatchNorm in eval mode during training.
         with_cp: Activation checkpointing in every bneck: less memory, slower.
+        norm_cfg: BatchNorm settings: ``{type = "BN", eps = 1e-3, momentum = 0.01}``
+            (MMPretrain, torchvision); timm's ``mobilenetv3_*_100`` weights use ``eps = 1e-5``.
 
     """
 
@@ -188,9 +196,11 @@ class MobileNetV3(FrozenStagesMixin, BaseBackbone):
         frozen_stages: int = -1,
         norm_eval: bool = False,
         with_cp: bool = False,
+        norm_cfg: BNCfg = _BN_CFG,
     ) -> None:
         super().__init__()
         params = {"arch": arch, "out_indices": out_indices, "frozen_stages": frozen_stages}
+        bn = {"bn_eps": float(norm_cfg.get("eps", 1e-5)), "bn_momentum": float(norm_cfg.get("momentum", 0.1))}
         first_issue_error(type(self), type(self).spec_issues(params))
         settings = self.arch_settings[arch]
         self.arch = arch
@@ -201,13 +211,13 @@ class MobileNetV3(FrozenStagesMixin, BaseBackbone):
 
         self.layers: list[str] = ["layer0"]
         channels = [16]
-        self.layer0 = ConvBNAct(3, 16, 3, stride=2, act="HSwish", **_BN)
+        self.layer0 = ConvBNAct(3, 16, 3, stride=2, act="HSwish", **bn)
         in_ch = 16
         mid_ch = 16
         for i, (kernel, mid_ch, out_ch, with_se, act, stride) in enumerate(settings):
             block = MobileNetV3InvertedResidual(
                 in_ch, out_ch, mid_ch, kernel_size=kernel, stride=stride, with_se=with_se,
-                act=act, with_cp=with_cp,
+                act=act, with_cp=with_cp, **bn,
             )
             self.add_module(f"layer{i + 1}", block)
             self.layers.append(f"layer{i + 1}")
@@ -215,7 +225,7 @@ class MobileNetV3(FrozenStagesMixin, BaseBackbone):
             in_ch = out_ch
         # The last conv widens to the last bneck's mid channels (576 small, 960 large).
         last = f"layer{len(settings) + 1}"
-        self.add_module(last, ConvBNAct(in_ch, mid_ch, 1, act="HSwish", **_BN))
+        self.add_module(last, ConvBNAct(in_ch, mid_ch, 1, act="HSwish", **bn))
         self.layers.append(last)
         channels.append(mid_ch)
         #: Channels of each returned feature map, in output order.

@@ -148,6 +148,10 @@ class Bottleneck(_ResidualBlock):
             torchvision), ``caffe`` on the first 1×1 conv (the original paper).
         with_cp: Recompute activations in backward (activation checkpointing).
         drop_path_rate: Stochastic-depth rate of the residual branch.
+        groups: Groups of the 3×3 conv (ResNeXt, RegNet); with groups > 1 its width
+            is ``groups * width_per_group * mid // base_width`` (MMPretrain's ResNeXt rule).
+        width_per_group: Channels per group at ``base_width``.
+        base_width: The stage width ``width_per_group`` refers to (64 for ResNeXt).
 
     """
 
@@ -163,6 +167,9 @@ class Bottleneck(_ResidualBlock):
         style: str = "pytorch",
         with_cp: bool = False,
         drop_path_rate: float = 0.0,
+        groups: int = 1,
+        width_per_group: int = 4,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         if style not in ("pytorch", "caffe"):
@@ -170,12 +177,15 @@ class Bottleneck(_ResidualBlock):
         if out_channels % expansion:
             raise ValueError(f"out_channels {out_channels} is not divisible by expansion {expansion}")
         self._init_sizes(in_channels, out_channels, expansion, with_cp)
+        if groups != 1:
+            self.mid_channels = groups * width_per_group * self.mid_channels // base_width
         mid = self.mid_channels
         conv1_stride, conv2_stride = (1, stride) if style == "pytorch" else (stride, 1)
         self.conv1 = nn.Conv2d(in_channels, mid, 1, stride=conv1_stride, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(
-            mid, mid, 3, stride=conv2_stride, padding=dilation, dilation=dilation, bias=False
+            mid, mid, 3, stride=conv2_stride, padding=dilation, dilation=dilation, groups=groups,
+            bias=False,
         )
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
@@ -211,12 +221,13 @@ class ResLayer(nn.Sequential):
         style: Stride placement in bottlenecks (``pytorch`` or ``caffe``).
         with_cp: Activation checkpointing in every block.
         drop_path_rates: Stochastic-depth rate of each block.
+        block_kwargs: Further keyword arguments of every block (``groups`` ...).
 
     """
 
     def __init__(
         self,
-        block: type[BasicBlock | Bottleneck],
+        block: type[nn.Module],
         num_blocks: int,
         in_channels: int,
         out_channels: int,
@@ -228,6 +239,7 @@ class ResLayer(nn.Sequential):
         style: str = "pytorch",
         with_cp: bool = False,
         drop_path_rates: Sequence[float] | None = None,
+        **block_kwargs: Any,
     ) -> None:
         rates = list(drop_path_rates) if drop_path_rates is not None else [0.0] * num_blocks
         if len(rates) != num_blocks:
@@ -259,6 +271,7 @@ class ResLayer(nn.Sequential):
                     style=style,
                     with_cp=with_cp,
                     drop_path_rate=rates[i],
+                    **block_kwargs,
                 )
             )
         super().__init__(*blocks)
@@ -376,8 +389,8 @@ class ResNet(FrozenStagesMixin, BaseBackbone):
         stage_channels: list[int] = []
         in_ch, out_ch = stem_channels, base_channels * self.expansion
         for i, num_blocks in enumerate(self.stage_blocks):
-            layer = ResLayer(
-                self.block, num_blocks, in_ch, out_ch,
+            layer = self.make_res_layer(
+                block=self.block, num_blocks=num_blocks, in_channels=in_ch, out_channels=out_ch,
                 expansion=self.expansion, stride=self.strides[i], dilation=self.dilations[i],
                 avg_down=avg_down, style=style, with_cp=with_cp,
                 drop_path_rates=dpr[:num_blocks],
@@ -426,6 +439,10 @@ class ResNet(FrozenStagesMixin, BaseBackbone):
             yield "stem_channels", "must be at least 2 with deep_stem (its first convs use half)"
 
     # ------------------------------------------------------------------ construction
+
+    def make_res_layer(self, **kwargs: Any) -> nn.Module:
+        """Build one stage; variants (ResNeXt, SE-ResNet) add block arguments here."""
+        return ResLayer(**kwargs)
 
     def _make_stem_layer(self, in_channels: int, stem_channels: int) -> None:
         if self.deep_stem:

@@ -97,6 +97,11 @@ class VisionTransformer(BaseBackbone):
     #: MMPretrain's ViT has ``init_cfg=None``: only the work in :meth:`post_init_weights`.
     default_init: ClassVar[list[dict[str, Any]]] = []
     OUT_TYPES: ClassVar[tuple[str, ...]] = ("raw", "cls_token", "featmap", "avg_featmap")
+    #: Learnable tokens after the cls token (DeiT's distillation token: 1).
+    num_additional_tokens: ClassVar[int] = 0
+    #: Whether ``pos_embed`` has slots for the cls/extra tokens (false: DeiT III, which
+    #: adds the position embedding to the patches before prepending the cls token).
+    pos_embed_covers_extra_tokens: ClassVar[bool] = True
     #: A small instance for the conformance kit (``pretrain.testing``).
     example_config: ClassVar[dict[str, Any]] = {
         "arch": {"embed_dims": 16, "num_layers": 2, "num_heads": 2, "feedforward_channels": 32},
@@ -158,12 +163,14 @@ class VisionTransformer(BaseBackbone):
         num_patches = self.patch_resolution[0] * self.patch_resolution[1]
 
         # cls token: present unless disabled; `cls_token` out_type without it was rejected above.
-        self.num_extra_tokens = 1 if with_cls_token else 0
+        self.num_extra_tokens = (1 if with_cls_token else 0) + self.num_additional_tokens
         self.cls_token: nn.Parameter | None = (
             nn.Parameter(torch.zeros(1, 1, self.embed_dims)) if with_cls_token else None
         )
+        #: Leading tokens of ``pos_embed`` that are not patch positions.
+        self.num_pos_extra_tokens = self.num_extra_tokens if self.pos_embed_covers_extra_tokens else 0
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + self.num_extra_tokens, self.embed_dims)
+            torch.zeros(1, num_patches + self.num_pos_extra_tokens, self.embed_dims)
         )
         self.register_load_state_dict_pre_hook(self._prepare_pos_embed)
         self.drop_after_pos = nn.Dropout(p=drop_rate)
@@ -323,17 +330,18 @@ class VisionTransformer(BaseBackbone):
             if n == own_len + 1 or (not is_square(n) and is_square(n - 1)):
                 ckpt = ckpt[:, 1:]
         if ckpt.dim() == 3 and ckpt.shape[1] != own_len and ckpt.shape[2] == self.pos_embed.shape[2]:
-            side = math.isqrt(ckpt.shape[1] - self.num_extra_tokens)
-            if side * side != ckpt.shape[1] - self.num_extra_tokens:
+            extra = self.num_pos_extra_tokens
+            side = math.isqrt(ckpt.shape[1] - extra)
+            if side * side != ckpt.shape[1] - extra:
                 raise PretrainError(
                     f"cannot resize the checkpoint's {prefix}pos_embed {tuple(ckpt.shape)} to "
-                    f"{tuple(self.pos_embed.shape)}: its {ckpt.shape[1] - self.num_extra_tokens} "
+                    f"{tuple(self.pos_embed.shape)}: its {ckpt.shape[1] - extra} "
                     "patch positions are not a square grid",
                     hint="Build the model with the checkpoint's img_size, or resize the "
                     "embedding yourself before loading.",
                 )
             ckpt = resize_pos_embed(
-                ckpt, (side, side), self.patch_resolution, self.interpolate_mode, self.num_extra_tokens
+                ckpt, (side, side), self.patch_resolution, self.interpolate_mode, extra
             )
         state_dict[name] = ckpt
 
@@ -352,8 +360,8 @@ class VisionTransformer(BaseBackbone):
     def _freeze_stages(self) -> None:
         if self.pos_embed is not None:  # BEiT may have no absolute position embedding
             self.pos_embed.requires_grad_(False)
-        if self.cls_token is not None:
-            self.cls_token.requires_grad_(False)
+        for token in self.extra_tokens():
+            token.requires_grad_(False)
         for module in self._frozen_modules():
             module.eval()
             for param in module.parameters():
@@ -385,7 +393,7 @@ class VisionTransformer(BaseBackbone):
         if not param_name.startswith(prefix):
             return total - 1, total
         name = param_name[len(prefix):]
-        if name in ("cls_token", "pos_embed") or name.startswith(("patch_embed", "pre_norm")):
+        if name.endswith("_token") or name == "pos_embed" or name.startswith(("patch_embed", "pre_norm")):
             depth = 0
         elif name.startswith("layers."):
             depth = int(name.split(".")[1]) + 1
@@ -398,8 +406,12 @@ class VisionTransformer(BaseBackbone):
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding (1, extra + H·W, C) for a patch grid of this size."""
         return resize_pos_embed(
-            self.pos_embed, self.patch_resolution, grid, self.interpolate_mode, self.num_extra_tokens
+            self.pos_embed, self.patch_resolution, grid, self.interpolate_mode, self.num_pos_extra_tokens
         )
+
+    def extra_tokens(self) -> list[nn.Parameter]:
+        """The learnable tokens prepended to the patches, in order (the cls token first)."""
+        return [self.cls_token] if self.cls_token is not None else []
 
     def run_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
         """Apply one encoder layer, with activation checkpointing if ``with_cp`` while training."""
@@ -409,9 +421,13 @@ class VisionTransformer(BaseBackbone):
         """(B, C_in, H, W) images -> one feature per ``out_indices`` entry."""
         b = x.shape[0]
         x, grid = self.patch_embed(x)  # (B, L, C)
-        if self.cls_token is not None:
-            x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)  # (B, 1 + L, C)
-        x = x + self.pos_embed_for(grid)
+        tokens = [t.expand(b, -1, -1) for t in self.extra_tokens()]
+        if not self.pos_embed_covers_extra_tokens:
+            x = x + self.pos_embed_for(grid)  # patches only (DeiT III)
+        if tokens:
+            x = torch.cat((*tokens, x), dim=1)  # (B, extra + L, C)
+        if self.pos_embed_covers_extra_tokens:
+            x = x + self.pos_embed_for(grid)
         x = self.pre_norm(self.drop_after_pos(x))
         wanted = set(self.out_indices)
         found: dict[int, Tensor] = {}

@@ -1,4 +1,4 @@
-"""Convert torchvision/timm MobileNetV2 state dicts to our MobileNetV2 classifier keys.
+"""Convert torchvision/timm MobileNetV2 and MobileNetV3 state dicts to our classifier keys.
 
 Our ``MobileNetV2`` keeps MMPretrain's names: ``conv1`` (stem), ``layer1``..
 ``layer7`` (blocks of 1, 2, 3, 4, 3, 3, 1 inverted residuals), ``conv2`` (the
@@ -14,7 +14,14 @@ in ``layer1``), depthwise and projection convs.
   first, depthwise-separable stage, ``conv_pw``/``bn1``/``conv_dw``/``bn2``/
   ``conv_pwl``/``bn3`` elsewhere), ``conv_head``/``bn2``, ``classifier``.
 
-Registered as the ``mobilenet_v2`` entry point of ``pretrain.weight_converters``.
+MobileNetV3 (``convert_v3``): torchvision ``mobilenet_v3_{small,large}`` (``features.0``
+stem, ``features.{i}.block.{k}`` bnecks, the last ``features`` entry the final conv,
+``classifier.{0,3}``) and timm ``mobilenetv3_{small,large}_100`` (``blocks.{s}.{j}``,
+the final conv being timm's last block, ``conv_head``/``classifier``); the head is
+MMPretrain's ``StackedLinearClsHead`` (hidden Linear + HSwish + dropout + Linear).
+
+Registered as the ``mobilenet_v2`` and ``mobilenet_v3`` entry points of
+``pretrain.weight_converters``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,15 @@ from pretrain_builtins.converters import KeyRule, Source, remap, unsupported
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["MobileNetV2Converter", "backbone_spec", "convert"]
+__all__ = [
+    "MobileNetV2Converter",
+    "MobileNetV3Converter",
+    "backbone_spec",
+    "convert",
+    "convert_v3",
+    "v3_backbone_spec",
+    "v3_head_spec",
+]
 
 #: Blocks per stage (MobileNetV2 ``arch_settings``); stage 0 has no expansion conv.
 _BLOCKS = (1, 2, 3, 4, 3, 3, 1)
@@ -150,3 +165,108 @@ class MobileNetV2Converter(BaseWeightConverter):
     def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
         """See :func:`backbone_spec`."""
         return backbone_spec(arch, source)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- MobileNetV3
+
+_V3_TV = re.compile(r"mobilenet_v3_(small|large)")
+_V3_TIMM = re.compile(r"mobilenetv3_(small|large)_100")
+_SUPPORTED_V3 = {"torchvision": ["mobilenet_v3_small", "mobilenet_v3_large"],
+                 "timm": ["mobilenetv3_small_100", "mobilenetv3_large_100"]}
+#: The stacked head of MMPretrain's MobileNetV3 configs (= torchvision's classifier).
+_V3_HIDDEN = {"small": 1024, "large": 1280}
+
+
+def v3_backbone_spec(arch: str, source: str) -> dict[str, Any]:
+    """The MobileNetV3 backbone table whose keys the converted weights fill."""
+    name = arch.split(".", 1)[0]
+    m = (_V3_TV if source == "torchvision" else _V3_TIMM).fullmatch(name)
+    if m is None or source not in _SUPPORTED_V3:
+        raise unsupported("mobilenet_v3", source, arch, _SUPPORTED_V3)
+    spec: dict[str, Any] = {"type": "MobileNetV3", "arch": m.group(1)}
+    if source == "timm":  # timm's own MobileNetV3 weights use PyTorch's BatchNorm epsilon
+        spec["norm_cfg"] = {"type": "BN", "eps": 1e-5, "momentum": 0.1}
+    return spec
+
+
+def v3_head_spec(arch: str) -> dict[str, Any]:
+    """The ``StackedLinearClsHead`` table the converted ``head.*`` keys fill (MMPretrain's head)."""
+    size = "small" if "small" in arch else "large"
+    return {"type": "StackedLinearClsHead", "num_classes": 1000, "in_channels": 576 if size == "small" else 960,
+            "mid_channels": [_V3_HIDDEN[size]], "dropout_rate": 0.2, "act": "HSwish"}
+
+
+def convert_v3(state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+    """Map a torchvision or timm MobileNetV3 state dict to our keys.
+
+    The backbone is ``MobileNetV3`` (``layer0`` stem, ``layer1..N`` bnecks, ``layer{N+1}``
+    final conv); the classifier becomes MMPretrain's ``StackedLinearClsHead``
+    (``head.layers.0.fc`` hidden Linear, ``head.layers.1.fc`` output). timm's 1×1
+    ``conv_head`` (hidden, C, 1, 1) is viewed as the (hidden, C) Linear weight.
+
+    Args:
+        state_dict: The source model's ``state_dict()``.
+        source: ``torchvision`` or ``timm``.
+        arch: ``mobilenet_v3_{small,large}`` (torchvision) or ``mobilenetv3_{small,large}_100`` (timm).
+
+    Returns:
+        Our classifier's keys (tensors shared, not copied).
+
+    Raises:
+        WeightConversionError: Unknown arch/source or keys this mapping does not cover.
+
+    """
+    import torch
+
+    from pretrain_builtins.backbones.mobilenet_v3 import MobileNetV3
+    from pretrain_builtins.converters.efficientnet import TIMM_BLOCKS, map_blocks
+
+    spec = v3_backbone_spec(arch, source)
+    with torch.device("meta"):
+        backbone = MobileNetV3(**{k: v for k, v in spec.items() if k != "type"})
+    last = len(backbone.layers) - 1  # the final 1x1 conv
+    bnecks = [(f"backbone.{name}", getattr(backbone, name)) for name in backbone.layers[1:last]]
+    if source == "torchvision":
+        pattern = r"features\.(?P<s>\d+)\.(?P<rest>block\..+)"
+        rules = [
+            KeyRule(rf"features\.0\.0\.{_PARAM}", r"backbone.layer0.conv.\1"),
+            KeyRule(rf"features\.0\.1\.{_PARAM}", r"backbone.layer0.bn.\1"),
+            KeyRule(rf"features\.{last}\.0\.{_PARAM}", rf"backbone.layer{last}.conv.\1"),
+            KeyRule(rf"features\.{last}\.1\.{_PARAM}", rf"backbone.layer{last}.bn.\1"),
+            KeyRule(r"classifier\.0\.(weight|bias)", r"head.layers.0.fc.\1"),
+            KeyRule(r"classifier\.3\.(weight|bias)", r"head.layers.1.fc.\1"),
+        ]
+        table = map_blocks(state_dict, pattern, bnecks, layout="torchvision", family="mobilenet_v3",
+                           source=source, arch=arch)
+    else:
+        pattern = TIMM_BLOCKS
+        rules = [
+            KeyRule(rf"conv_stem\.{_PARAM}", r"backbone.layer0.conv.\1"),
+            KeyRule(rf"bn1\.{_PARAM}", r"backbone.layer0.bn.\1"),
+            KeyRule(r"conv_head\.(weight|bias)", r"head.layers.0.fc.\1"),
+            KeyRule(r"classifier\.(weight|bias)", r"head.layers.1.fc.\1"),
+        ]
+        # timm keeps the final 1x1 conv as its last block.
+        final = (f"backbone.layer{last}", getattr(backbone, f"layer{last}"))
+        table = map_blocks(state_dict, pattern, [*bnecks, final], layout="timm", family="mobilenet_v3",
+                           source=source, arch=arch)
+    rules.insert(0, KeyRule(pattern, lambda m: table.get(m.group(0))))
+    out = remap(state_dict, rules, family="mobilenet_v3", source=source, arch=arch)
+    weight = out.get("head.layers.0.fc.weight")
+    if weight is not None and weight.dim() == 4:
+        out["head.layers.0.fc.weight"] = weight.flatten(1)  # (hidden, C, 1, 1) -> (hidden, C), a view
+    return out
+
+
+class MobileNetV3Converter(BaseWeightConverter):
+    """torchvision ``mobilenet_v3_{small,large}``; timm ``mobilenetv3_{small,large}_100``."""
+
+    architectures = {"torchvision": [_V3_TV.pattern], "timm": [_V3_TIMM.pattern]}
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """See :func:`convert_v3`."""
+        return convert_v3(state_dict, source=source, arch=arch)
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`v3_backbone_spec`."""
+        return v3_backbone_spec(arch, source)

@@ -12,7 +12,11 @@ timm's deep-stem variants map to ours as well:
   addition, timm keeps an ``Identity`` in place of the pool when the stride is 1
   (``layer1``), so its ``downsample.{1,2}`` there is our ``downsample.{0,1}``.
 
-Registered as the ``resnet`` entry point of ``pretrain.weight_converters``.
+ResNeXt and wide ResNets (``ResNeXtConverter``, torchvision and timm) share these keys;
+timm's SE-ResNet(X)s (``SEResNetConverter``) add ``se.fc{1,2}`` (our ``se_layer.conv{1,2}.conv``).
+
+Registered as the ``resnet``, ``resnext`` and ``seresnet`` entry points of
+``pretrain.weight_converters``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,16 @@ from pretrain_builtins.converters import KeyRule, Source, remap, unsupported
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["ResNetConverter", "backbone_spec", "convert", "parse_arch"]
+__all__ = [
+    "ResNeXtConverter",
+    "ResNetConverter",
+    "SEResNetConverter",
+    "backbone_spec",
+    "convert",
+    "parse_arch",
+    "resnext_backbone_spec",
+    "seresnet_backbone_spec",
+]
 
 _DEPTHS = (18, 34, 50, 101, 152)
 _SUPPORTED = {
@@ -133,3 +146,80 @@ class ResNetConverter(BaseWeightConverter):
     def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
         """See :func:`backbone_spec`."""
         return backbone_spec(arch, source)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- ResNeXt, wide ResNet, SE-ResNet
+
+_RESNEXT = re.compile(r"resnext(50|101|152)_(\d+)x(\d+)d")
+_WIDE = re.compile(r"wide_resnet(50|101)_2")
+_SERESNET = re.compile(r"seresnet(50|101|152)")
+_SERESNEXT = re.compile(r"seresnext(50|101|152)_(\d+)x(\d+)d")
+_SUPPORTED_X = {
+    "torchvision": ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet{50,101}_2"],
+    "timm": ["resnext{50,101,152}_{G}x{W}d[.tag]", "wide_resnet{50,101}_2[.tag]"],
+}
+_SUPPORTED_SE = {"timm": ["seresnet{50,101,152}[.tag]", "seresnext{50,101,152}_{G}x{W}d[.tag]"]}
+
+
+def resnext_backbone_spec(arch: str, source: str) -> dict[str, Any]:
+    """The ResNeXt / wide-ResNet backbone table whose keys the converted weights fill."""
+    name = arch.split(".", 1)[0] if source == "timm" else arch
+    if source in ("torchvision", "timm"):
+        if m := _RESNEXT.fullmatch(name):
+            return {"type": "ResNeXt", "depth": int(m.group(1)), "groups": int(m.group(2)),
+                    "width_per_group": int(m.group(3))}
+        if m := _WIDE.fullmatch(name):
+            # MMPretrain's wide-resnet configs: ResNet with 128-wide bottlenecks of expansion 2.
+            return {"type": "ResNet", "depth": int(m.group(1)), "base_channels": 128, "expansion": 2}
+    raise unsupported("resnext", source, arch, _SUPPORTED_X)
+
+
+def seresnet_backbone_spec(arch: str, source: str) -> dict[str, Any]:
+    """The SE-ResNet / SE-ResNeXt backbone table whose keys the converted weights fill."""
+    name = arch.split(".", 1)[0]
+    if source == "timm":
+        if m := _SERESNET.fullmatch(name):
+            return {"type": "SEResNet", "depth": int(m.group(1))}
+        if m := _SERESNEXT.fullmatch(name):
+            return {"type": "SEResNeXt", "depth": int(m.group(1)), "groups": int(m.group(2)),
+                    "width_per_group": int(m.group(3))}
+    raise unsupported("seresnet", source, arch, _SUPPORTED_SE)
+
+
+#: timm's SE module (``se.fc1``/``se.fc2``) -> our ``se_layer.conv{1,2}.conv``.
+_SE_RULES = [
+    KeyRule(r"(layer[1-4]\.\d+)\.se\.fc([12])\.(weight|bias)", r"backbone.\1.se_layer.conv\2.conv.\3"),
+]
+
+
+class ResNeXtConverter(BaseWeightConverter):
+    """torchvision and timm ``resnext*_GxWd`` (ResNeXt) and ``wide_resnet*_2`` (ResNet, 2x width)."""
+
+    architectures = {
+        "torchvision": [r"resnext(50_32x4d|101_32x8d|101_64x4d)", _WIDE.pattern],
+        "timm": [_RESNEXT.pattern, _WIDE.pattern],
+    }
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """Same keys as a ResNet: ``X -> backbone.X``, ``fc -> head.fc``."""
+        resnext_backbone_spec(arch, source)
+        return remap(state_dict, _rules(""), family="resnext", source=source, arch=arch)
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`resnext_backbone_spec`."""
+        return resnext_backbone_spec(arch, source)
+
+
+class SEResNetConverter(BaseWeightConverter):
+    """timm ``seresnet{50,101,152}`` and ``seresnext*_GxWd`` (torchvision has none)."""
+
+    architectures = {"timm": [_SERESNET.pattern, _SERESNEXT.pattern]}
+
+    def convert(self, state_dict: Mapping[str, Tensor], *, source: str, arch: str) -> dict[str, Tensor]:
+        """ResNet keys plus ``layerN.i.se.fc{1,2}`` -> ``backbone.layerN.i.se_layer.conv{1,2}.conv``."""
+        seresnet_backbone_spec(arch, source)
+        return remap(state_dict, _SE_RULES + _rules(""), family="seresnet", source=source, arch=arch)
+
+    def backbone_spec(self, source: str, arch: str) -> dict[str, Any] | None:
+        """See :func:`seresnet_backbone_spec`."""
+        return seresnet_backbone_spec(arch, source)

@@ -37,7 +37,7 @@ from pretrain_builtins.converters import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["ViTConverter", "backbone_spec", "convert", "parse_arch"]
+__all__ = ["TIMM_RULES", "ViTConverter", "backbone_spec", "convert", "parse_arch"]
 
 _SUPPORTED = {
     "torchvision": ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14", "vit (any size)"],
@@ -88,7 +88,7 @@ _TV_RULES = [
     KeyRule(rf"heads\.(head|pre_logits)\.{_PARAM}", r"head.layers.\1.\2"),
 ]
 
-_TIMM_RULES = [
+TIMM_RULES = [
     KeyRule(r"cls_token", "backbone.cls_token"),
     KeyRule(r"pos_embed", "backbone.pos_embed"),
     KeyRule(rf"patch_embed\.proj\.{_PARAM}", r"backbone.patch_embed.projection.\1"),
@@ -182,7 +182,7 @@ def convert(
 
     """
     parsed = parse_arch(arch, source)
-    rules = _TV_RULES if source == "torchvision" else _TIMM_RULES
+    rules = _TV_RULES if source == "torchvision" else TIMM_RULES
     out = remap(state_dict, rules, family="vit", source=source, arch=arch)
     if parsed is not None:
         _check_size(out, parsed[0], source, arch)

@@ -10,7 +10,7 @@ blocks: :class:`MomentumTeacher` (EMA teacher) and :class:`MemoryQueue` (MoCo's 
 
 from __future__ import annotations
 
-from pretrain_builtins.layers.activation import ActName, build_activation
+from pretrain_builtins.layers.activation import ActCfg, ActName, build_activation
 from pretrain_builtins.layers.backbone_utils import (
     FrozenStagesMixin,
     first_issue_error,
@@ -18,12 +18,32 @@ from pretrain_builtins.layers.backbone_utils import (
     index_issues,
     inherit_args_doc,
     maybe_checkpoint,
+    normalise_indices,
     set_norm_eval,
+    signed_index_issues,
 )
-from pretrain_builtins.layers.conv import ConvBNAct, SELayer, make_divisible
+from pretrain_builtins.layers.conv import (
+    BNCfg,
+    Conv2dAdaptivePadding,
+    ConvBNAct,
+    ConvCfg,
+    ConvType,
+    SELayer,
+    build_conv2d,
+    make_divisible,
+)
 from pretrain_builtins.layers.drop import DropPath, drop_path
+from pretrain_builtins.layers.mbconv import EdgeResidual, MBConv
 from pretrain_builtins.layers.momentum import MomentumTeacher, cosine_momentum
-from pretrain_builtins.layers.norm import GlobalBatchNorm1d, NormName, apply_norm, build_norm1d, global_batch_norm
+from pretrain_builtins.layers.norm import (
+    GRN,
+    GlobalBatchNorm1d,
+    LayerNorm2d,
+    NormName,
+    apply_norm,
+    build_norm1d,
+    global_batch_norm,
+)
 from pretrain_builtins.layers.queue import MemoryQueue
 from pretrain_builtins.layers.relative_position import (
     BEiTAttention,
@@ -54,15 +74,24 @@ from pretrain_builtins.layers.window_attention import (
 
 __all__ = [
     "FFN",
+    "GRN",
     "LN_EPS",
+    "ActCfg",
     "ActName",
     "BEiTAttention",
     "BEiTTransformerEncoderLayer",
+    "BNCfg",
+    "Conv2dAdaptivePadding",
     "ConvBNAct",
+    "ConvCfg",
+    "ConvType",
     "DropPath",
+    "EdgeResidual",
     "FrozenStagesMixin",
     "GlobalBatchNorm1d",
+    "LayerNorm2d",
     "LayerScale",
+    "MBConv",
     "MemoryQueue",
     "MomentumTeacher",
     "MultiheadAttention",
@@ -75,6 +104,7 @@ __all__ = [
     "WindowMSA",
     "apply_norm",
     "build_activation",
+    "build_conv2d",
     "build_norm1d",
     "cosine_momentum",
     "drop_path",
@@ -86,6 +116,7 @@ __all__ = [
     "is_square",
     "make_divisible",
     "maybe_checkpoint",
+    "normalise_indices",
     "pair",
     "relative_position_index",
     "replace_masked",
@@ -93,6 +124,7 @@ __all__ = [
     "resize_relative_position_bias_table",
     "set_norm_eval",
     "shifted_window_mask",
+    "signed_index_issues",
     "window_partition",
     "window_reverse",
 ]

@@ -1,7 +1,8 @@
 """Activation layers by name: the one factory every built-in component uses.
 
 ``HSigmoid`` is MMCV's default ``HSigmoid(bias=3, divisor=6)``, i.e. ``relu6(x + 3) / 6``,
-which equals ``nn.Hardsigmoid``; ``HSwish`` is ``nn.Hardswish``.
+which equals ``nn.Hardsigmoid``; ``HSwish`` is ``nn.Hardswish``; ``Swish`` (MMCV's name,
+``x * sigmoid(x)``, the EfficientNet activation) is ``nn.SiLU``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,22 @@ from __future__ import annotations
 from typing import Literal, TypeAlias
 
 from torch import nn
+from typing_extensions import TypedDict
 
-__all__ = ["ActName", "build_activation"]
+__all__ = ["ActCfg", "ActName", "build_activation"]
 
 #: Activation names understood by :func:`build_activation` (MMCV's ``act_cfg`` types).
-ActName: TypeAlias = Literal["ReLU", "ReLU6", "HSwish", "HSigmoid", "GELU", "SiLU", "Tanh", "Sigmoid"]
+ActName: TypeAlias = Literal[
+    "ReLU", "ReLU6", "HSwish", "HSigmoid", "GELU", "SiLU", "Swish", "Tanh", "Sigmoid"
+]
+
+
+
+class ActCfg(TypedDict):
+    """MMCV's ``act_cfg`` table, e.g. ``{type = "Swish"}``."""
+
+    type: ActName
+
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -22,11 +34,12 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "HSigmoid": nn.Hardsigmoid,
     "GELU": nn.GELU,
     "SiLU": nn.SiLU,
+    "Swish": nn.SiLU,
     "Tanh": nn.Tanh,
     "Sigmoid": nn.Sigmoid,
 }
 #: Activations whose torch module takes ``inplace``.
-_INPLACE = frozenset({"ReLU", "ReLU6", "HSwish", "HSigmoid", "SiLU"})
+_INPLACE = frozenset({"ReLU", "ReLU6", "HSwish", "HSigmoid", "SiLU", "Swish"})
 
 
 def build_activation(name: ActName | None, *, inplace: bool = False) -> nn.Module:

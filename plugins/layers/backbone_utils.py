@@ -25,7 +25,9 @@ __all__ = [
     "index_issues",
     "inherit_args_doc",
     "maybe_checkpoint",
+    "normalise_indices",
     "set_norm_eval",
+    "signed_index_issues",
 ]
 
 
@@ -62,6 +64,52 @@ def index_issues(
         yield field, (
             f"{values} must be strictly increasing (outputs come back in network order, "
             "one per index)"
+        )
+
+
+def normalise_indices(indices: int | Sequence[int], count: int) -> tuple[int, ...]:
+    """``out_indices`` as a fresh tuple with negative values counted from the end (-1 = last).
+
+    The caller's value is never modified (MMPretrain rewrites the caller's list in place).
+    """
+    values = [indices] if isinstance(indices, int) else list(indices)
+    return tuple(i + count if i < 0 else i for i in values)
+
+
+def signed_index_issues(
+    field: str, indices: int | Sequence[int], count: int, what: str = "stage"
+) -> Iterator[tuple[str, str]]:
+    """Like :func:`index_issues`, but negative indices count from the end (MMPretrain's -1 = last).
+
+    Each index must be in ``-count..count-1``; once made non-negative the indices
+    must be strictly increasing (outputs come back in network order).
+
+    Args:
+        field: Field name to report the issue under.
+        indices: One index or a sequence of them.
+        count: Number of available outputs.
+        what: What an index selects, for the message (``stage``, ``layer``).
+
+    Yields:
+        ``(field, message)`` pairs, as ``spec_issues`` expects.
+
+    """
+    values = [indices] if isinstance(indices, int) else list(indices)
+    if not values:
+        yield field, f"must name at least one {what} (0..{count - 1}, or -{count}..-1 from the end)"
+        return
+    bad = [i for i in values if not -count <= i < count]
+    if bad:
+        yield field, (
+            f"{bad} out of range: this network has {count} {what}s, so each index must be "
+            f"in 0..{count - 1} (or -{count}..-1, counted from the end)"
+        )
+        return
+    normal = normalise_indices(values, count)
+    if any(b <= a for a, b in itertools.pairwise(normal)):
+        yield field, (
+            f"{values} must name {what}s in increasing network order, each once "
+            f"(as non-negative indices: {list(normal)})"
         )
 
 
@@ -130,7 +178,9 @@ class FrozenStagesMixin(nn.Module):
         return tuple(outs)
 
 
-def inherit_args_doc(cls: type, base: type, overrides: Mapping[str, str]) -> None:
+def inherit_args_doc(
+    cls: type, base: type, overrides: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> None:
     """Append ``base``'s ``Args:`` section to ``cls.__doc__``, replacing some entries.
 
     Spec field descriptions come from the class docstring, so a variant that
@@ -140,6 +190,7 @@ def inherit_args_doc(cls: type, base: type, overrides: Mapping[str, str]) -> Non
         cls: The variant whose docstring is extended.
         base: The class whose ``Args:`` section is reused.
         overrides: New descriptions for some arguments.
+        extra: Arguments the variant adds (listed first, in this order).
 
     """
     base_doc = inspect.cleandoc(base.__doc__ or "")
@@ -152,6 +203,7 @@ def inherit_args_doc(cls: type, base: type, overrides: Mapping[str, str]) -> Non
         elif line.strip() and entries:
             entries[-1][1].append(line.strip())
     lines = ["Args:"]
+    lines += [f"    {name}: {text}" for name, text in (extra or {}).items()]
     for name, parts in entries:
         lines.append(f"    {name}: {overrides.get(name, ' '.join(parts))}")
     cls.__doc__ = inspect.cleandoc(cls.__doc__ or "") + "\n\n" + "\n".join(lines) + "\n"

@@ -25,10 +25,11 @@ def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tens
     if drop_prob == 0.0 or not training:
         return x
     keep_prob = 1.0 - drop_prob
-    # One Bernoulli draw per sample, broadcast over every other dim.
+    # One Bernoulli draw per sample, broadcast over every other dim; the rescaling is done
+    # on the (B, 1, ...) mask, not on the whole branch (one full-size op instead of two).
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = x.new_empty(shape).bernoulli_(keep_prob)
-    return x.div(keep_prob) * mask
+    mask = x.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+    return x * mask
 
 
 class DropPath(nn.Module):
