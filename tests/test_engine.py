@@ -36,7 +36,7 @@ def test_train_section_defaults_and_union() -> None:
     assert issues == []
     train = out["train"]
     assert isinstance(train, TrainSection)
-    assert train.optimizer.type == "AdamW" and train.optimizer.weight_decay == 0.01
+    assert train.optimizer.type_name == "AdamW" and train.optimizer.params["weight_decay"] == 0.01
     assert train.schedule.type == "constant" and train.precision == "fp32"
 
 
@@ -149,12 +149,44 @@ def test_layer_decay_uses_backbone_depth() -> None:
         param_groups(_Tiny(), 1.0, 0.0, ParamwiseConfig(layer_decay_rate=0.5))
 
 
-@pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam", "RMSprop"])
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam", "RMSprop", "LARS", "Lamb"])
 def test_build_optimizer_by_name(name: str) -> None:
-    cfg = TrainSection.model_validate({"epochs": 1, "optimizer": {"type": name, "lr": 0.01}}).optimizer
-    opt = build_optimizer(_Tiny(), cfg)
-    assert type(opt).__name__ == name
+    out, issues = _sections({"train": {"epochs": 1, "optimizer": {"type": name, "lr": 0.01}},
+                             "data": {"train": {"type": "Digits"}}})
+    assert issues == []
+    opt = build_optimizer(_Tiny(), out["train"].optimizer)
+    assert type(opt).__name__ == name and isinstance(opt, torch.optim.Optimizer)
     assert opt.param_groups[0]["base_lr"] == 0.01
+
+
+def test_optimizers_are_a_registered_kind() -> None:
+    """A third-party optimizer registers like any component; its fields validate with spec paths."""
+    import pretrain
+
+    class Sign(torch.optim.SGD):
+        """signSGD.
+
+        Args:
+            params: Parameter groups.
+            lr: Learning rate.
+        """
+
+        def __init__(self, params, *, lr: float) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(params, lr=lr)
+
+    registry = pretrain.get_registry()
+    registry.register("optimizer", "Sign", Sign)
+    try:
+        out, issues = _sections({"train": {"epochs": 1, "optimizer": {"type": "Sign", "lr": 0.1, "momentum": 1}},
+                                 "data": {"train": {"type": "Digits"}}})
+        assert issues == ["train.optimizer.momentum: unknown field (accepted fields: lr)"]
+        out, issues = _sections({"train": {"epochs": 1, "optimizer": {"type": "Sign", "lr": 0.1}},
+                                 "data": {"train": {"type": "Digits"}}})
+        assert issues == [] and type(build_optimizer(_Tiny(), out["train"].optimizer)).__name__ == "Sign"
+        with pytest.raises(TypeError, match="not a torch.optim.Optimizer subclass"):
+            registry.register("optimizer", "NotOne", nn.Linear)
+    finally:
+        registry.unregister("optimizer", "Sign")
 
 
 # --------------------------------------------------------------------------- EMA, metrics

@@ -90,9 +90,10 @@ def _print_human(record: Any, schema: Any) -> None:
             typ = describe_type(info.annotation)
             default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
         table.add_row(name, escape(typ), escape(default), escape(schema.descriptions.get(name, "")))
-    table.add_row(
-        "init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)"
-    )
+    if schema.takes_init:
+        table.add_row(
+            "init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)"
+        )
     console.print(table)
 
 

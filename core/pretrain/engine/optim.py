@@ -1,4 +1,4 @@
-"""Optimizers from ``torch.optim`` by name, with per-parameter multipliers.
+"""The optimizer of ``[train.optimizer]`` (a registered component), with per-parameter multipliers.
 
 Parameter groups follow MMPretrain's ``paramwise_cfg`` /
 ``LearningRateDecayOptimWrapperConstructor`` semantics:
@@ -17,18 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from pretrain.errors import PretrainError
-from pretrain.spec.sections import (
-    AdamConfig,
-    AdamWConfig,
-    OptimizerConfig,
-    ParamwiseConfig,
-    RMSpropConfig,
-    SGDConfig,
-)
+from pretrain.spec.context import ComponentNode
+from pretrain.spec.sections import ParamwiseConfig
 
 __all__ = ["build_optimizer", "param_groups"]
 
@@ -122,33 +116,29 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(
-    model: nn.Module, cfg: OptimizerConfig, paramwise: ParamwiseConfig | None = None
-) -> torch.optim.Optimizer:
-    """Build the optimizer named by ``cfg.type`` over ``model``'s trainable parameters.
+def build_optimizer(model: nn.Module, node: ComponentNode, paramwise: ParamwiseConfig | None = None) -> Optimizer:
+    """Build ``[train.optimizer]`` (a validated optimizer component) over ``model``'s trainable parameters.
 
     Args:
         model: The unwrapped model (parameter names without a DDP ``module.`` prefix).
-        cfg: Validated optimizer table.
+        node: The validated ``train.optimizer`` table.
         paramwise: Optional per-parameter multipliers.
 
     Returns:
         The optimizer; every group carries ``base_lr`` for the schedule.
 
     """
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, paramwise)
-    # foreach kernels are the default fast path on both CPU and CUDA.
-    if isinstance(cfg, SGDConfig):
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if isinstance(cfg, AdamWConfig):
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
-    if isinstance(cfg, AdamConfig):
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
-    if isinstance(cfg, RMSpropConfig):
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
-                                   weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                   centered=cfg.centered)
-    raise AssertionError(f"unhandled optimizer {cfg!r}")  # pragma: no cover - closed union
+    fields = dict(node.params)
+    groups = param_groups(model, float(fields["lr"]), float(fields.get("weight_decay", 0.0)), paramwise)
+    try:
+        optimizer = node.cls(groups, **fields)
+    except Exception as exc:
+        r = node.record
+        raise PretrainError(
+            f"{node.loc}: building optimizer {node.type_name!r} failed: {type(exc).__name__}: {exc}",
+            hint=f"Check its fields (pretrain describe {node.type_name}); {r.value} comes from {r.distribution} "
+            f"{r.version}.",
+        ) from exc
+    if not isinstance(optimizer, Optimizer):  # pragma: no cover - the registry checks the class
+        raise PretrainError(f"{node.loc}: {node.type_name!r} did not build a torch.optim.Optimizer")
+    return optimizer

@@ -407,7 +407,7 @@ class Trainer:
         )
 
     def _nominal_lr(self, step: int) -> float:
-        return self.cfg.optimizer.lr * self.schedule.factor(max(0, step))
+        return float(self.cfg.optimizer.params["lr"]) * self.schedule.factor(max(0, step))
 
     # ------------------------------------------------------------------ epoch end
 

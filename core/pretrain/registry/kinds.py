@@ -34,9 +34,13 @@ class KindInfo:
         weights: Components own parameters, so their tables accept ``init`` rules.
         spec: Components are configured by a spec table (a schema is derived from
             their ``__init__``); weight converters are not.
-        base: Name of the base class in :mod:`pretrain.components` that documents the
-            contract (subclassing it is optional for spec kinds).
+        base: The class that documents the contract: a name in :mod:`pretrain.components`
+            (subclassing it is optional for spec kinds), or a dotted path.
         summary: One line for listings and docs.
+        requires: Dotted path of a class every component of the kind must subclass
+            (checked without importing it: a subclass means it is imported already).
+        runtime_args: Constructor arguments the engine passes, not the spec (an
+            optimizer's parameter groups).
 
     """
 
@@ -47,30 +51,37 @@ class KindInfo:
     spec: bool
     base: str
     summary: str
+    requires: str | None = None
+    runtime_args: tuple[str, ...] = ()
 
+
+_MODULE: Final = "torch.nn.Module"
 
 #: Every kind, in display order.
 KIND_INFO: Final[dict[str, KindInfo]] = {
     info.name: info
     for info in (
         KindInfo("model", "pretrain.models", True, True, True, "BaseModel",
-                 "top-level task module: loss(), predict(), extract_feat()"),
+                 "top-level task module: loss(), predict(), extract_feat()", _MODULE),
         KindInfo("backbone", "pretrain.backbones", True, True, True, "BaseBackbone",
-                 "feature extractor: forward(x) -> tuple of feature maps"),
+                 "feature extractor: forward(x) -> tuple of feature maps", _MODULE),
         KindInfo("neck", "pretrain.necks", True, True, True, "BaseNeck",
-                 "maps backbone outputs to head inputs"),
+                 "maps backbone outputs to head inputs", _MODULE),
         KindInfo("head", "pretrain.heads", True, True, True, "BaseHead",
-                 "owns its loss: loss(feats, targets), predict(feats)"),
+                 "owns its loss: loss(feats, targets), predict(feats)", _MODULE),
         KindInfo("loss", "pretrain.losses", True, True, True, "BaseLoss",
-                 "forward(pred, target, weight, avg_factor, reduction_override)"),
+                 "forward(pred, target, weight, avg_factor, reduction_override)", _MODULE),
         KindInfo("target_generator", "pretrain.target_generators", True, True, True,
-                 "BaseTargetGenerator", "self-supervised targets under no_grad"),
+                 "BaseTargetGenerator", "self-supervised targets under no_grad", _MODULE),
         KindInfo("batch_augment", "pretrain.batch_augments", True, False, True, "BaseBatchAugment",
                  "batch-level augmentation with dense targets (Mixup, CutMix)"),
         KindInfo("dataset", "pretrain.datasets", False, False, True, "BaseDataset",
                  "labelled list of uint8 images"),
         KindInfo("transform", "pretrain.transforms", True, False, True, "BaseTransform",
                  "seeded per-sample image transform"),
+        KindInfo("optimizer", "pretrain.optimizers", False, False, True, "torch.optim.Optimizer",
+                 "a torch.optim.Optimizer whose keyword-only fields come from [train.optimizer]",
+                 "torch.optim.Optimizer", ("params",)),
         KindInfo("weight_converter", "pretrain.weight_converters", False, False, False,
                  "BaseWeightConverter", "maps another library's state dict to ours"),
     )

@@ -74,9 +74,14 @@ class ComponentSchema:
     descriptions: dict[str, str]
     explicit: bool
 
+    @property
+    def takes_init(self) -> bool:
+        """Whether the table accepts ``init`` rules: only kinds whose components own weights."""
+        return KIND_INFO[self.kind].weights
+
     def field_names(self) -> list[str]:
         """Every accepted key except ``type``."""
-        return [*self.model.model_fields, "init"]
+        return [*self.model.model_fields, *(["init"] if self.takes_init else [])]
 
     def json_schema(self, qualified: str | None = None) -> dict[str, Any]:
         """JSON Schema of this component's table; nested kinds are ``#/$defs/<kind>`` refs."""
@@ -94,7 +99,8 @@ class ComponentSchema:
                     ref["default"] = nested.default
                 prop = ref  # noqa: PLW2901 - swap the pydantic marker for the $ref
             props[key] = prop
-        props["init"] = {"$ref": "#/$defs/init_rules"}
+        if self.takes_init:
+            props["init"] = {"$ref": "#/$defs/init_rules"}
         schema["properties"] = props
         schema["required"] = ["type", *schema.get("required", [])]
         schema["title"] = self.name
@@ -206,8 +212,11 @@ def _resolve_hints(func: Any, owner: type) -> dict[str, Any]:
         ) from exc
 
 
-def _signature_params(cls: type) -> list[tuple[inspect.Parameter, Any, type]]:
-    """Collect (parameter, annotation, defining class), following ``**kwargs`` up the MRO."""
+def _signature_params(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[inspect.Parameter, Any, type]]:
+    """Collect (parameter, annotation, defining class), following ``**kwargs`` up the MRO.
+
+    ``skip`` names arguments the engine passes at run time (an optimizer's ``params``).
+    """
     collected: dict[str, tuple[inspect.Parameter, Any, type]] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
@@ -222,7 +231,7 @@ def _signature_params(cls: type) -> list[tuple[inspect.Parameter, Any, type]]:
             if param.kind is param.VAR_KEYWORD:
                 has_var_kw = True
                 continue
-            if param.kind is param.VAR_POSITIONAL:
+            if param.kind is param.VAR_POSITIONAL or pname in skip:
                 continue
             if param.kind is param.POSITIONAL_ONLY:
                 raise SchemaDerivationError(
@@ -269,7 +278,7 @@ def _derive(cls: type, kind: str, name: str) -> ComponentSchema:
         )
 
     fields: dict[str, Any] = {}
-    for param, annotation, _owner in _signature_params(cls):
+    for param, annotation, _owner in _signature_params(cls, KIND_INFO[kind].runtime_args):
         pname = param.name
         required = param.default is inspect.Parameter.empty
         desc = descriptions.get(pname, "")
@@ -343,15 +352,8 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
             "point must name a class"
         )
     info = KIND_INFO[record.kind]
-    # Only the kinds whose contract is a forward pass need nn.Module; a plain-module
-    # transform or a dataset class is also fine.
-    if info.module and info.weights:
-        # A Module subclass means torch is imported already; the registry never imports it.
-        nn = sys.modules.get("torch.nn")
-        if nn is None or not issubclass(obj, nn.Module):
-            raise TypeError(
-                f"{obj.__qualname__} is not a torch.nn.Module subclass; every {record.kind} must be"
-            )
+    if info.requires is not None and not _subclass_of(obj, info.requires):
+        raise TypeError(f"{obj.__qualname__} is not a {info.requires} subclass; every {record.kind} must be")
     declared = getattr(obj, "component_kind", None)
     if isinstance(declared, str) and declared in KINDS and declared != record.kind:
         raise TypeError(
@@ -362,6 +364,14 @@ def check_component_contract(record: EntryRecord, obj: Any) -> None:
         _check_converter(obj)
         return
     component_schema(obj, record.kind, record.name)
+
+
+def _subclass_of(cls: type, dotted: str) -> bool:
+    """``issubclass(cls, <dotted>)`` without importing it: a subclass means it is imported already."""
+    module_name, _, attr = dotted.rpartition(".")
+    module = sys.modules.get(module_name)
+    base = getattr(module, attr, None) if module is not None else None
+    return isinstance(base, type) and issubclass(cls, base)
 
 
 def _check_converter(obj: type) -> None:

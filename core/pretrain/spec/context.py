@@ -223,7 +223,9 @@ class ValidationContext:
             else:
                 children[name] = self.component(nested.kind, sub, sub_loc)
         init_rules = None
-        if "init" in value:
+        if "init" in value and not schema.takes_init:
+            self.add(join_loc(loc, "init"), f"a {kind} has no weights, so it takes no init rules; remove `init`")
+        elif "init" in value:
             init_rules = self._init_rules(value["init"], join_loc(loc, "init"))
         if instance is not None and hasattr(cls, "spec_issues"):
             try:

@@ -14,7 +14,7 @@ A ``[train]`` table, in full::
     grad_accum = 2              # micro-batches per optimizer step
     checkpoint_every_steps = 200
 
-    [train.optimizer]
+    [train.optimizer]           # an optimizer component (pretrain.optimizers entry points)
     type = "AdamW"
     lr = 1e-3
     weight_decay = 0.05
@@ -37,26 +37,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 
 from pretrain.errors import PretrainError, did_you_mean
-from pretrain.spec.context import ValidationContext
+from pretrain.spec.context import ComponentNode, ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
 
 __all__ = [
-    "AdamConfig",
-    "AdamWConfig",
     "ConstantSchedule",
     "CosineSchedule",
     "CustomKey",
     "EMAConfig",
     "EvalSection",
     "MultiStepSchedule",
-    "OptimizerConfig",
     "ParamwiseConfig",
-    "RMSpropConfig",
-    "SGDConfig",
     "ScheduleConfig",
     "StepSchedule",
     "TrainSection",
@@ -77,63 +72,6 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------- optimizers
-
-
-class SGDConfig(_Strict):
-    """``torch.optim.SGD``."""
-
-    type: Literal["SGD"]
-    lr: PositiveFloat = Field(description="Base learning rate.")
-    momentum: NonNegFloat = Field(default=0.9, description="Momentum factor.")
-    dampening: NonNegFloat = Field(default=0.0, description="Dampening for momentum.")
-    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
-    nesterov: bool = Field(default=False, description="Nesterov momentum (needs momentum > 0).")
-
-    @model_validator(mode="after")
-    def _nesterov(self) -> SGDConfig:
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov = true needs momentum > 0 and dampening = 0")
-        return self
-
-
-class _AdamFields(_Strict):
-    """Fields shared by Adam and AdamW (they differ only in how weight decay applies)."""
-
-    lr: PositiveFloat = Field(description="Base learning rate.")
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        default=(0.9, 0.999), description="Coefficients of the running averages."
-    )
-    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
-    amsgrad: bool = Field(default=False, description="Use the AMSGrad variant.")
-
-
-class AdamWConfig(_AdamFields):
-    """``torch.optim.AdamW`` (decoupled weight decay)."""
-
-    type: Literal["AdamW"]
-    weight_decay: NonNegFloat = Field(default=0.01, description="Decoupled weight decay.")
-
-
-class AdamConfig(_AdamFields):
-    """``torch.optim.Adam``."""
-
-    type: Literal["Adam"]
-    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
-
-
-class RMSpropConfig(_Strict):
-    """``torch.optim.RMSprop``."""
-
-    type: Literal["RMSprop"]
-    lr: PositiveFloat = Field(description="Base learning rate.")
-    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.99, description="Smoothing constant.")
-    eps: PositiveFloat = Field(default=1e-8, description="Denominator term for numerical stability.")
-    weight_decay: NonNegFloat = Field(default=0.0, description="L2 penalty (coupled).")
-    momentum: NonNegFloat = Field(default=0.0, description="Momentum factor.")
-    centered: bool = Field(default=False, description="Normalise by the estimated gradient variance.")
-
-
-OptimizerConfig = Annotated[SGDConfig | AdamWConfig | AdamConfig | RMSpropConfig, Field(discriminator="type")]
 
 
 class CustomKey(_Strict):
@@ -260,7 +198,10 @@ class TrainSection(_Strict):
         description="Stop after this many optimizer steps in total (smoke runs); the "
         "schedule is stretched over min(epochs * steps_per_epoch, max_steps).",
     )
-    optimizer: OptimizerConfig = Field(description="Optimizer from torch.optim, by type.")
+    optimizer: Annotated[Any, WithJsonSchema({"x-pretrain-kind": "optimizer"})] = Field(
+        description="The optimizer: a table with a `type` (SGD, AdamW, Adam, RMSprop, LARS, Lamb, "
+        "or any installed optimizer component) and its fields, e.g. lr."
+    )
     paramwise: ParamwiseConfig | None = Field(
         default=None, description="Per-parameter learning-rate / weight-decay multipliers."
     )
@@ -362,10 +303,19 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
         if not isinstance(value, Mapping):
             ctx.add(name, f"must be a table, got {type(value).__name__}")
             continue
+        table = dict(value)
+        optimizer: ComponentNode | None = None
+        if model is TrainSection and "optimizer" in table:
+            # A registered kind: resolved through the registry like any component table.
+            optimizer = ctx.component("optimizer", table.pop("optimizer"), "train.optimizer")
+            table["optimizer"] = optimizer if optimizer is not None else {}
         try:
-            out[name] = model.model_validate(dict(value))
+            section = model.model_validate(table)
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
+            continue
+        if model is not TrainSection or optimizer is not None:
+            out[name] = section
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)
@@ -439,8 +389,26 @@ def check_against_model(sections: Mapping[str, Any], num_classes: int | None, ct
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schemas of the ``train`` and ``eval`` tables (for ``pretrain schema``)."""
-    return {name: model.model_json_schema() for name, model in _SECTION_MODELS.items()}
+    """JSON Schemas of the ``train`` and ``eval`` tables (for ``pretrain schema``).
+
+    A component field (``train.optimizer``) is a ``#/$defs/<kind>`` reference into the
+    spec schema, whose definitions list every installed component of that kind.
+    """
+    return {name: _kind_refs(model.model_json_schema()) for name, model in _SECTION_MODELS.items()}
+
+
+def _kind_refs(node: Any) -> Any:
+    # pydantic cannot emit a "$ref" it does not define, so fields carry a marker instead.
+    if isinstance(node, dict):
+        if "x-pretrain-kind" in node:
+            ref: dict[str, Any] = {"$ref": f"#/$defs/{node['x-pretrain-kind']}"}
+            if "description" in node:
+                ref["description"] = node["description"]
+            return ref
+        return {k: _kind_refs(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_kind_refs(v) for v in node]
+    return node
 
 
 def section_json_schemas() -> dict[str, dict[str, Any]]:
