@@ -94,7 +94,7 @@ class MobileNetV3InvertedResidual(nn.Module):
         out = self.expand_conv(x) if self.with_expand_conv else x  # (B, C_mid, H, W)
         out = self.se(self.depthwise_conv(out))  # (B, C_mid, H / s, W / s)
         out = self.linear_conv(out)  # (B, C_out, H / s, W / s)
-        return x + out if self.with_res_shortcut else out
+        return out.add_(x) if self.with_res_shortcut else out  # in place, like torchvision
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` (B, C_in, H, W)."""

@@ -131,7 +131,7 @@ class BasicBlock(_ResidualBlock):
         identity = x if self.downsample is None else self.downsample(x)  # (B, C_out, H', W')
         out = self.relu(self.bn1(self.conv1(x)))  # (B, C_mid, H', W')
         out = self.bn2(self.conv2(out))  # (B, C_out, H', W')
-        return self.drop_path(out) + identity
+        return self.drop_path(out).add_(identity)  # in place, like torchvision: one buffer less
 
 
 class Bottleneck(_ResidualBlock):
@@ -202,7 +202,7 @@ class Bottleneck(_ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))  # (B, C_mid, H, W) (caffe: H', W')
         out = self.relu(self.bn2(self.conv2(out)))  # (B, C_mid, H', W')
         out = self.bn3(self.conv3(out))  # (B, C_out, H', W')
-        return self.drop_path(out) + identity
+        return self.drop_path(out).add_(identity)  # in place, like torchvision: one buffer less
 
 
 class ResLayer(nn.Sequential):

@@ -49,7 +49,7 @@ class SEBottleneck(Bottleneck):
         out = self.relu(self.bn1(self.conv1(x)))  # (B, C_mid, H, W)
         out = self.relu(self.bn2(self.conv2(out)))  # (B, C_mid, H', W')
         out = self.se_layer(self.bn3(self.conv3(out)))  # (B, C_out, H', W'), channel-gated
-        return self.drop_path(out) + identity
+        return self.drop_path(out).add_(identity)  # in place, like torchvision: one buffer less
 
 
 class SEResNet(ResNet):

@@ -94,14 +94,14 @@ def backbone_spec(arch: str, source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- blocks
 
 
-def our_conv_units(module: nn.Module) -> tuple[list[str], bool]:
-    """The conv-BN units of one of our blocks in forward order (``""`` = the block itself), and SE."""
+def our_conv_units(module: nn.Module) -> list[str]:
+    """The conv-BN units of one of our blocks in forward order (``""``: the block is one unit)."""
     if hasattr(module, "linear_conv"):  # MBConv / MobileNetV3 bneck
-        units = ["expand_conv"] if getattr(module, "with_expand_conv", False) else []
-        return [*units, "depthwise_conv", "linear_conv"], hasattr(module, "se") and getattr(module, "with_se", True)
+        expand = ["expand_conv"] if getattr(module, "with_expand_conv", False) else []
+        return [*expand, "depthwise_conv", "linear_conv"]
     if hasattr(module, "conv1") and hasattr(module, "conv2"):  # EdgeResidual
-        return ["conv1", "conv2"], bool(getattr(module, "with_se", False))
-    return [""], False  # a single conv-BN(-act) module
+        return ["conv1", "conv2"]
+    return [""]  # a single conv-BN(-act) module
 
 
 def _unit(prefix: str, unit: str) -> str:
@@ -120,7 +120,7 @@ _TIMM_LAYOUTS: list[tuple[frozenset[str], list[tuple[str, str]]]] = [
 def _block_keys_timm(sub: Sequence[str], prefix: str, target: nn.Module, where: str) -> dict[str, str]:
     convs = {k.split(".", 1)[0] for k in sub if k.startswith("conv")}
     layout = next((order for names, order in _TIMM_LAYOUTS if names == convs), None)
-    units, _ = our_conv_units(target)
+    units = our_conv_units(target)
     if layout is None or len(layout) != len(units):
         raise WeightConversionError(
             f"timm block {where} ({', '.join(sorted(convs))}) does not match our {type(target).__name__} "
@@ -146,7 +146,7 @@ def _block_keys_timm(sub: Sequence[str], prefix: str, target: nn.Module, where: 
 def _block_keys_tv(sub: Sequence[str], prefix: str, target: nn.Module, where: str) -> dict[str, str]:
     # torchvision: "block.{k}.{0|1}.param" (conv-BN units) and "block.{k}.fc{1|2}.param" (SE).
     conv_units = sorted({int(k.split(".")[1]) for k in sub if re.fullmatch(r"block\.\d+\.0\.weight", k)})
-    units, _ = our_conv_units(target)
+    units = our_conv_units(target)
     if len(conv_units) != len(units):
         raise WeightConversionError(
             f"torchvision block {where} has {len(conv_units)} conv units, our {type(target).__name__} "

@@ -92,7 +92,7 @@ class MBConv(nn.Module):
         if self.with_se:
             out = self.se(out)
         out = self.linear_conv(out)  # (B, C_out, H / s, W / s)
-        return x + self.drop_path(out) if self.with_res_shortcut else out
+        return self.drop_path(out).add_(x) if self.with_res_shortcut else out  # in place: one buffer less
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` (B, C_in, H, W)."""
@@ -159,7 +159,7 @@ class EdgeResidual(nn.Module):
         if self.with_se:
             out = self.se(out)
         out = self.conv2(out)  # (B, C_out, H / s, W / s)
-        return x + self.drop_path(out) if self.with_residual else out
+        return self.drop_path(out).add_(x) if self.with_residual else out  # in place: one buffer less
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to ``x`` (B, C_in, H, W)."""
