@@ -8,7 +8,7 @@ one documented home (this private module only keeps that file short).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -69,14 +69,13 @@ class Masked(tuple):  # type: ignore[type-arg]
         """Bool patch mask, True = masked: (h, w) per sample, (N, h, w) per batch."""
         return self[1]  # type: ignore[no-any-return]
 
-    def map_images(self, fn: Any) -> Masked:
+    def map_images(self, fn: Callable[[Tensor], Tensor]) -> Masked:
         """A ``Masked`` with ``fn`` applied to every image tensor (each view) and the same mask."""
         images = self.images
         return Masked([fn(v) for v in images] if isinstance(images, list) else fn(images), self.mask)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Masked:
         """Move images and mask to ``device``."""
-
         def move(t: Tensor) -> Tensor:
             return t.to(device, non_blocking=non_blocking)
 

@@ -124,7 +124,9 @@ def reconstruct_images(
     for images, _ in loaders.val:
         need = num - taken
         if isinstance(images, Masked):  # mask-generator pipelines (SimMIM): keep the masks
-            batch: Any = Masked(images.map_images(lambda v, n=need: v[:n]).images, images.mask[:need])
+            views = images.images
+            first = [v[:need] for v in views] if isinstance(views, list) else views[:need]
+            batch: Any = Masked(first, images.mask[:need])
         else:
             batch = [v[:need] for v in images] if isinstance(images, list) else images[:need]
         with torch.no_grad():
