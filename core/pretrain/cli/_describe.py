@@ -91,9 +91,8 @@ def _print_human(record: Any, schema: Any) -> None:
             default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
         table.add_row(name, escape(typ), escape(default), escape(schema.descriptions.get(name, "")))
     if schema.takes_init:
-        table.add_row(
-            "init", "list of init rules", "class default", "weight initialisation rules (Kaiming, Normal, Pretrained, ...)"
-        )
+        table.add_row("init", "list of init rules", "class default",
+                      "weight initialisation rules (Kaiming, Normal, Pretrained, ...)")
     console.print(table)
 
 
