@@ -82,9 +82,10 @@ def test_digits_specs_validate_and_meet_their_algorithms_data_requirements(algo:
 
 def test_moco_queue_must_be_a_multiple_of_the_global_batch():
     raw = load_spec(str(SPECS / "mocov2_vit-tiny_digits.toml"))
-    assert _data_issues(raw, world_size=2) == []  # 1024 keys = 8 steps of 2 x 64
+    assert _data_issues(raw, world_size=2) == []  # 256 keys = 2 steps of 2 x 64
     issues = _data_issues(raw, world_size=3)
     assert [loc for loc, _ in issues] == ["model.queue_len"] and "192 keys" in issues[0][1]
+    assert "holds only 256" in _data_issues(raw, world_size=8)[0][1]
 
 
 @pytest.mark.parametrize("name", ["simclr_resnet50_imagenet", "byol_resnet50_imagenet",
