@@ -135,3 +135,45 @@ def test_state_survives_the_checkpoint_format_bitwise(cls):
         step(p2, fresh, k)
     for a, b in zip(p2, ref_p, strict=True):
         assert torch.equal(a, b)
+
+
+def test_param_group_options_and_lars_exclude_reach_the_groups() -> None:
+    """A model's ``param_group_options`` and a custom key's ``lars_exclude`` become group options."""
+    from pretrain.engine.optim import param_groups
+    from pretrain.spec.sections import ParamwiseConfig
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(3, 3)
+            self.pred = torch.nn.Linear(3, 3)
+
+        def param_group_options(self) -> dict[str, dict[str, object]]:
+            return {"pred.": {"fix_lr": True}}
+
+    groups = param_groups(Net(), 0.1, 0.01, ParamwiseConfig(custom_keys={"body.bias": {"lars_exclude": True}}))
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["pred.weight"]["fix_lr"] is True and "fix_lr" not in by_name["body.weight"]
+    assert by_name["body.bias"]["lars_exclude"] is True and "lars_exclude" not in by_name["body.weight"]
+    assert param_groups(Net(), 0.1, 0.0, None)[-1]["fix_lr"] is True  # without paramwise too
+
+
+@pytest.mark.slow
+def test_simsiam_predictor_keeps_its_base_learning_rate(tmp_path) -> None:
+    """MMPretrain's SimSiamHook(fix_pred_lr=True): the predictor is outside the cosine schedule."""
+    from pathlib import Path
+
+    from pretrain import load_spec, validate_spec
+    from pretrain.engine.trainer import Trainer
+
+    spec = Path(__file__).resolve().parents[1] / "examples/specs/simsiam_vit-tiny_digits.toml"
+    raw = load_spec(str(spec), ["train.epochs=2", "train.max_steps=3", "train.device=\"cpu\""])
+    trainer = Trainer(validate_spec(raw), tmp_path / "run", live=False)
+    trainer.setup()
+    trainer.optimizer_step([next(iter(trainer.loaders.train))])
+    trainer.close()
+    fixed = [g for g in trainer.optimizer.param_groups if g.get("fix_lr")]
+    scheduled = [g for g in trainer.optimizer.param_groups if not g.get("fix_lr")]
+    assert fixed and all(g["lr"] == g["base_lr"] for g in fixed)
+    assert all(any(n.startswith("head.predictor.") for n in g["names"]) for g in fixed)
+    assert scheduled and all(g["lr"] != g["base_lr"] for g in scheduled)

@@ -90,12 +90,10 @@ def test_moco_queue_must_be_a_multiple_of_the_global_batch():
 
 @pytest.mark.parametrize("name", ["simclr_resnet50_imagenet", "byol_resnet50_imagenet",
                                   "barlowtwins_resnet50_imagenet"])
-def test_lars_recipes_carry_their_train_table_ready_to_uncomment(name: str):
-    text = (SPECS / f"{name}.toml").read_text()
-    block = [line[2:] if line.startswith("# ") else "" for line in text.splitlines()
-             if line.startswith("#") and not line.startswith("# [train]:")]
-    start = block.index("[train]")
-    train = tomllib.loads("\n".join(block[start:]))["train"]
-    options = {k: v for k, v in train["optimizer"].items() if k != "type"}
-    assert train["optimizer"]["type"] == "LARS" and options["exclude_bias_and_norm"] is True
-    LARS([torch.nn.Parameter(torch.ones(2, 2))], **options)  # every field is a LARS argument
+def test_lars_recipes_train_with_lars(name: str):
+    """MMPretrain's LARS recipes select LARS through [train.optimizer] and validate as a whole."""
+    spec = validate_spec(load_spec(str(SPECS / f"{name}.toml")))
+    optimizer = spec.sections["train"].optimizer
+    assert optimizer.type_name == "LARS" and optimizer.cls is LARS
+    assert optimizer.params["exclude_bias_and_norm"] is True
+    LARS([torch.nn.Parameter(torch.ones(2, 2))], **optimizer.params)  # every field is a LARS argument

@@ -70,47 +70,60 @@ def _layer_depth_fn(model: nn.Module) -> Any:
 def param_groups(
     model: nn.Module, base_lr: float, weight_decay: float, paramwise: ParamwiseConfig | None
 ) -> list[dict[str, Any]]:
-    """Split the trainable parameters into groups of equal (lr, weight_decay).
+    """Split the trainable parameters into groups of equal (lr, weight_decay, options).
+
+    Options come from ``paramwise.custom_keys`` (``lars_exclude``) and from the model's
+    optional ``param_group_options()`` (``{"name prefix": {"fix_lr": True}}``, e.g.
+    SimSiam's predictor trained at the base learning rate).
 
     Args:
         model: The (unwrapped) model.
         base_lr: The optimizer's ``lr``.
         weight_decay: The optimizer's ``weight_decay``.
-        paramwise: Multipliers, or None for one group.
+        paramwise: Multipliers, or None.
 
     Returns:
-        ``torch.optim`` parameter groups, each with ``lr``, ``weight_decay`` and ``base_lr``;
-        groups are ordered by first appearance, so the layout is deterministic.
+        ``torch.optim`` parameter groups, each with ``lr``, ``weight_decay``, ``base_lr``
+        and any options; groups are ordered by first appearance, so the layout is
+        deterministic.
 
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise PretrainError("the model has no trainable parameters", hint="check frozen_stages")
-    if paramwise is None:
-        return [{"params": [p for _, p in named], "lr": base_lr, "weight_decay": weight_decay,
-                 "base_lr": base_lr}]
-    norms = _norm_param_names(model)
-    depth = _layer_depth_fn(model) if paramwise.layer_decay_rate is not None else None
-    keys = sorted(paramwise.custom_keys, key=len, reverse=True)
-    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    options_fn = getattr(model, "param_group_options", None)
+    model_options: dict[str, dict[str, Any]] = dict(options_fn()) if callable(options_fn) else {}
+    prefixes = sorted(model_options, key=len, reverse=True)
+    norms = _norm_param_names(model) if paramwise is not None else set()
+    depth = _layer_depth_fn(model) if paramwise is not None and paramwise.layer_decay_rate is not None else None
+    keys = sorted(paramwise.custom_keys, key=len, reverse=True) if paramwise is not None else []
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name, param in named:
-        lr_mult, decay_mult = 1.0, 1.0
-        if paramwise.flat_decay_mult is not None and param.ndim == 1:
-            decay_mult = paramwise.flat_decay_mult
-        if paramwise.bias_decay_mult is not None and name.endswith(".bias"):
-            decay_mult = paramwise.bias_decay_mult
-        if paramwise.norm_decay_mult is not None and name in norms:
-            decay_mult = paramwise.norm_decay_mult
-        if depth is not None:
-            layer_id, num_layers = depth(name)
-            lr_mult *= float(paramwise.layer_decay_rate or 1.0) ** (num_layers - layer_id - 1)
-        key = next((k for k in keys if k in name), None)
-        if key is not None:
-            lr_mult *= paramwise.custom_keys[key].lr_mult
-            decay_mult *= paramwise.custom_keys[key].decay_mult
+        lr_mult, decay_mult, options = 1.0, 1.0, {}
+        if paramwise is not None:
+            if paramwise.flat_decay_mult is not None and param.ndim == 1:
+                decay_mult = paramwise.flat_decay_mult
+            if paramwise.bias_decay_mult is not None and name.endswith(".bias"):
+                decay_mult = paramwise.bias_decay_mult
+            if paramwise.norm_decay_mult is not None and name in norms:
+                decay_mult = paramwise.norm_decay_mult
+            if depth is not None:
+                layer_id, num_layers = depth(name)
+                lr_mult *= float(paramwise.layer_decay_rate or 1.0) ** (num_layers - layer_id - 1)
+            key = next((k for k in keys if k in name), None)
+            if key is not None:
+                custom = paramwise.custom_keys[key]
+                lr_mult *= custom.lr_mult
+                decay_mult *= custom.decay_mult
+                if custom.lars_exclude:
+                    options["lars_exclude"] = True
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is not None:
+            options.update(model_options[prefix])
         lr, wd = base_lr * lr_mult, weight_decay * decay_mult
-        group = groups.setdefault((lr, wd), {"params": [], "lr": lr, "weight_decay": wd,
-                                             "base_lr": lr, "names": []})
+        group_key = (lr, wd, *sorted(options.items()))
+        group = groups.setdefault(group_key, {"params": [], "lr": lr, "weight_decay": wd, "base_lr": lr,
+                                              "names": [], **options})
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())

@@ -346,8 +346,8 @@ class Trainer:
         """One optimizer step over ``group``'s micro-batches; returns their mean loss (device)."""
         opt, scaler, n = self.optimizer, self.scaler, len(group)
         factor = self.schedule.factor(self.state.step)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+        for g in opt.param_groups:  # a ``fix_lr`` group (SimSiam's predictor) stays at its base lr
+            g["lr"] = g["base_lr"] if g.get("fix_lr") else g["base_lr"] * factor
         total: Tensor | None = None
         for i, (inputs, targets) in enumerate(group):
             x = to_memory_format(inputs, self.channels_last)  # uint8 (B, C, H, W)

@@ -79,6 +79,9 @@ class CustomKey(_Strict):
 
     lr_mult: NonNegFloat = Field(default=1.0, description="Learning-rate multiplier.")
     decay_mult: NonNegFloat = Field(default=1.0, description="Weight-decay multiplier.")
+    lars_exclude: bool = Field(
+        default=False, description="LARS: no trust ratio for these parameters (MMPretrain's lars_exclude)."
+    )
 
 
 class ParamwiseConfig(_Strict):
