@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import torch
 
 from pretrain import load_spec, validate_spec
