@@ -71,6 +71,8 @@ KIND_INFO: Final[dict[str, KindInfo]] = {
                  "labelled list of uint8 images"),
         KindInfo("transform", "pretrain.transforms", True, False, True, "BaseTransform",
                  "seeded per-sample image transform"),
+        KindInfo("metric", "pretrain.metrics", False, False, True, "BaseMetric",
+                 "evaluation metric: per-batch states, exact cross-rank reduction, named scalars"),
         KindInfo("weight_converter", "pretrain.weight_converters", False, False, False,
                  "BaseWeightConverter", "maps another library's state dict to ours"),
     )
