@@ -177,17 +177,21 @@ def plot_confusion_matrix(
     cell = max(1, min(40, 640 // n))
     margin = 70 if n <= 30 else 20
     side = margin + n * cell
-    img = Image.new("RGB", (side + 10, side + 30), "white")
+    top = 44 if n <= 30 else 24
+    img = Image.new("RGB", (side + 10, side + top), "white")
     draw = ImageDraw.Draw(img)
     draw.text((margin, 4), "confusion matrix: rows = true class, columns = predicted", fill="black")
-    top = 30
+    if n <= 30:
+        for j in range(n):
+            name = str(classes[j]) if j < len(classes) else str(j)
+            draw.text((margin + j * cell + 2, 26), name[: max(1, cell // 7)], fill="black")
     for i, row in enumerate(matrix):
         total = max(1, sum(row))
         for j, count in enumerate(row):
             share = count / total
             shade = (int(255 - 225 * share), int(255 - 180 * share), 255)  # white -> blue
             x, y = margin + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade)
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline="#e0e0e0" if cell > 4 else None)
             if n <= 20 and count:
                 draw.text((x + 3, y + cell // 3), str(count), fill="black" if share < 0.6 else "white")
         if n <= 30:
