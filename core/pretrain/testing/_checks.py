@@ -215,7 +215,7 @@ def check_forward_contract(subject: Subject) -> None:
 
 
 def _check_metric(subject: Subject, inst: Any) -> None:
-    """reset -> update (twice) -> compute; the scalars are floats named as ``metric_names`` says."""
+    """Reset -> update (twice) -> compute; the scalars are floats named as ``metric_names`` says."""
     from pretrain.components import MetricContext, MetricInputs, MetricResult
 
     name, n, classes, topk = "check_forward_contract", BATCH, 5, (1, 2)
