@@ -82,6 +82,7 @@ __all__ = [
     "Task",
     "TrainSection",
     "check_against_model",
+    "check_best_metric",
     "effective_topk",
     "json_schemas",
     "known_metrics",
@@ -385,6 +386,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)
+        check_best_metric(train, section if isinstance(section, EvalSection) else None, ctx)
     return out
 
 
@@ -471,15 +473,30 @@ def check_against_model(
     elif data is not None and section is not None and section.knn is not None:
         ctx.add("eval.knn", "kNN scores the validation data: add a [data.val] table")
     train = sections.get("train")
-    best = getattr(train, "best_metric", None)
-    if best is not None and len(ctx.issues) == before:
-        known = known_metrics(section, task=task, num_classes=num_classes, model_topk=model_topk, ctx=ctx)
-        if best not in known:
-            ctx.add(
-                "train.best_metric",
-                f"{best!r} is not a validation metric of this model{did_you_mean(best, known)} "
-                f"(known: {', '.join(known)}; the k of accuracies and retrieval metrics come from eval.topk)",
-            )
+    if isinstance(train, TrainSection) and len(ctx.issues) == before:
+        check_best_metric(train, section, ctx, task=task, num_classes=num_classes, model_topk=model_topk)
+
+
+def check_best_metric(
+    train: TrainSection, section: EvalSection | None, ctx: ValidationContext, *, task: Task | None = None,
+    num_classes: int | None = None, model_topk: int | None = None,
+) -> None:
+    """``train.best_metric`` must be a scalar the evaluation reports (of any task while the model is unknown)."""
+    best = train.best_metric
+    if best is None or any(i.loc == "train.best_metric" for i in ctx.issues):
+        return
+    tasks: tuple[Task, ...] = (task,) if task is not None else ("classification", "retrieval", "selfsup")
+    known = list(dict.fromkeys(
+        name for t in tasks
+        for name in known_metrics(section, task=t, num_classes=num_classes, model_topk=model_topk, ctx=ctx)
+    ))
+    if best not in known:
+        of = "this model" if task is not None else "any model"
+        ctx.add(
+            "train.best_metric",
+            f"{best!r} is not a validation metric of {of}{did_you_mean(best, known)} "
+            f"(known: {', '.join(known)}; the k of accuracies and retrieval metrics come from eval.topk)",
+        )
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
