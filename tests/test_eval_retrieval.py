@@ -152,3 +152,14 @@ def test_self_supervised_runs_keep_the_best_checkpoint_by_knn(tmp_path: Path) ->
     assert record["knn/top1"] > 10.0  # better than chance on 10 classes, even barely trained
     info = json.loads((tmp_path / "mae" / "checkpoints" / "last.json").read_text())
     assert info["best_metric"] == "knn/top1" and info["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_quickstart_classifier_is_a_good_retriever_and_knn_classifier(tmp_path: Path) -> None:
+    """The figures of docs/retrieval.md: Recall@1 and kNN top-1 of the quick-start weights >= 97 %."""
+    specs = Path(__file__).resolve().parents[1] / "examples" / "specs"
+    train(specs / "quickstart.toml", run_dir=tmp_path / "quickstart", overrides=["train.device=cpu"])
+    metrics = evaluate(specs / "retriever_digits.toml", tmp_path / "quickstart", device="cpu")
+    assert metrics["num_queries"] == 359 and metrics["gallery_size"] == 1438
+    assert metrics["retrieval/Recall@1"] >= 97.0
+    assert metrics["knn/top1"] >= 97.0

@@ -289,7 +289,8 @@ class Evaluator:
         if for_knn and self.loaders.train_eval is not None:
             feats, labels = self._embed(model, "train_eval", self.loaders.train_eval, gather=True)
             return Gallery(feats, labels, self.loaders.info["train_eval"].classes, "data.train")
-        raise PretrainError("no gallery to rank: add [data.gallery] (a dataset table or embeddings = FILE)")
+        raise PretrainError("no gallery to rank: add [data.gallery] (a dataset table or embeddings = FILE)"
+                            + ("; kNN can also use [data.train]" if for_knn else ""))
 
     # ------------------------------------------------------------------ tasks
 

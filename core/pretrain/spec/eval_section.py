@@ -176,7 +176,8 @@ def known_metrics(
             names += list(names_of(node.params, topk))
     if section.knn is not None:
         names += [f"knn/top{k}" for k in section.knn.topk]
-    return [*dict.fromkeys(names), "val_loss"]
+    # Only models without dataset classes report a validation loss.
+    return [*dict.fromkeys(names), *(["val_loss"] if task == "selfsup" else [])]
 
 
 def effective_topk(section: EvalSection, num_classes: int) -> tuple[int, ...]:

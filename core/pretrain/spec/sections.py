@@ -351,12 +351,14 @@ class TrainSection(_Strict):
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"train": TrainSection, "eval": EvalSection}
 
 
-def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[str, Any]:
+def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext, *, check_best: bool = True) -> dict[str, Any]:
     """Validate the engine tables of a spec (``data``, ``train``, ``eval``).
 
     Args:
         raw: The whole merged spec.
         ctx: The core's validation context; issues are added to it with their paths.
+        check_best: Check ``train.best_metric`` against every task's metrics; the spec
+            validator turns it off when it checks against the model's task instead.
 
     Returns:
         The validated section objects keyed by table name (only the valid ones).
@@ -386,7 +388,8 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)
-        check_best_metric(train, section if isinstance(section, EvalSection) else None, ctx)
+        if check_best:
+            check_best_metric(train, section if isinstance(section, EvalSection) else None, ctx)
     return out
 
 
@@ -472,6 +475,10 @@ def check_against_model(
                     'a saved embeddings file (embeddings = "gallery.safetensors")')
     elif data is not None and section is not None and section.knn is not None:
         ctx.add("eval.knn", "kNN scores the validation data: add a [data.val] table")
+    if (data is not None and section is not None and section.knn is not None
+            and getattr(data, "gallery", None) is None and getattr(data, "train", None) is None):
+        ctx.add("eval.knn", "kNN votes with a labelled gallery: add [data.gallery], or [data.train] (used "
+                "through the validation pipeline)")
     train = sections.get("train")
     if isinstance(train, TrainSection) and len(ctx.issues) == before:
         check_best_metric(train, section, ctx, task=task, num_classes=num_classes, model_topk=model_topk)

@@ -101,7 +101,7 @@ def validate_spec(
         model = ctx.component("model", raw["model"], "model")
     sections: dict[str, Any] = {}
     if any(k in raw for k in ENGINE_SECTIONS):
-        sections = validate_sections(raw, ctx)
+        sections = validate_sections(raw, ctx, check_best=model is None)
         if model is not None:
             topk = model.params.get("topk") if spec_task(model) == "retrieval" else None
             check_against_model(sections, spec_num_classes(model), ctx, task=spec_task(model),
