@@ -230,7 +230,7 @@ def _check_metric(subject: Subject, inst: Any) -> None:
         else:
             inputs = MetricInputs(scores=torch.rand(n, classes, generator=gen).softmax(1),
                                   labels=torch.randint(0, classes, (n,), generator=gen))
-        call(subject, name, "update(inputs)", lambda inputs=inputs: inst.update(inputs))
+        call(subject, name, "update(inputs)", functools.partial(inst.update, inputs))
     bad = [k for k in inst.states if k not in getattr(inst, "reductions", {})]
     if bad:
         raise subject.fail(name, f"states {bad} have no reduction", "Declare every state with add_state().")
