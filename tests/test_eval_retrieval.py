@@ -163,3 +163,25 @@ def test_quickstart_classifier_is_a_good_retriever_and_knn_classifier(tmp_path: 
     assert metrics["num_queries"] == 359 and metrics["gallery_size"] == 1438
     assert metrics["retrieval/Recall@1"] >= 97.0
     assert metrics["knn/top1"] >= 97.0
+
+
+def test_self_supervised_training_on_an_unlabelled_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pretrain_builtins.models.mae import MAE
+
+    gen = torch.Generator().manual_seed(0)
+    for i, rel in enumerate(["a.png", "holiday/b.png", "holiday/day2/c.png", "d.png"]):
+        path = tmp_path / "photos" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(path)
+    folder = {"type": "ImageFolder", "root": str(tmp_path / "photos"), "labels": False, "image_size": 32}
+    spec = {"model": {"type": "MAE", **copy.deepcopy(MAE.example_config)},
+            "data": {"batch_size": 2, "train": folder, "val": folder},
+            "train": {"epochs": 1, "optimizer": {"type": "AdamW", "lr": 1e-3}, "device": "cpu"}}
+    record = train(spec, run_dir=tmp_path / "run")
+    assert record["step"] == 2 and record["val_loss"] > 0
+    spec["eval"] = {"knn": {"k": 2}}  # kNN needs labels: refused before any work
+    with pytest.raises(PretrainError, match="no class labels"):
+        evaluate(spec, tmp_path / "run", device="cpu")
