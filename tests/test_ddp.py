@@ -107,8 +107,16 @@ def test_evaluation_on_two_processes_equals_one_process(tmp_path: Path) -> None:
     split = {"type": "InShop", "data_root": str(root), "image_size": 8, "channels": 1}
     inshop["data"] = {"batch_size": 1, "val": {**split, "split": "query"}, "gallery": {**split, "split": "gallery"}}
     inshop["eval"] = {"topk": [1, 2], "search": {"type": "exact", "chunk_size": 1}}
+    # One query only: rank 1's shard is empty, and must still take part in every collective.
+    ann = root / "Eval" / "list_eval_partition.txt"
+    lines = ann.read_text().splitlines()
+    (root / "Eval" / "one_query.txt").write_text("\n".join(
+        [line for line in lines if not line.endswith("query")] + [next(x for x in lines if x.endswith("query"))]))
+    single = copy.deepcopy(inshop)
+    for table in ("val", "gallery"):
+        single["data"][table]["ann_file"] = "Eval/one_query.txt"
     specs = [str(write_spec(tmp_path / f"{name}.toml", spec)) for name, spec in
-             (("cls", classifier), ("ret", retriever), ("inshop", inshop))]
+             (("cls", classifier), ("ret", retriever), ("inshop", inshop), ("single", single))]
     script = [str(HERE / "dist_eval.py")]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           *script, str(tmp_path / "two"), str(weights), *specs],
@@ -127,8 +135,9 @@ def test_evaluation_on_two_processes_equals_one_process(tmp_path: Path) -> None:
                 assert got[key] == pytest.approx(value, rel=1e-12), key
             else:
                 assert got[key] == value, key
-    cls, ret, ins = ref
+    cls, ret, ins, one_query = ref
     assert cls["num_samples"] == 359 and sum(map(sum, cls["confusion_matrix"])) == 359
     assert {"single-label/precision", "knn/top1"} <= set(cls)
     assert ret["num_queries"] == 359 and ret["gallery_size"] == 1438 and "retrieval/Recall@20" in ret
     assert ins["num_queries"] == 3 and ins["gallery_size"] == 3
+    assert one_query["num_queries"] == 1

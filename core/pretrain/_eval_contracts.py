@@ -274,6 +274,9 @@ def search_topk(
         PretrainError: Query and gallery widths differ.
 
     """
+    if query.shape[0] == 0:  # e.g. a rank whose shard is empty: nothing to rank
+        width = min(k, gallery.shape[0])
+        return gallery.new_zeros(0, width), torch.zeros(0, width, dtype=torch.long, device=gallery.device)
     if query.shape[1] != gallery.shape[1]:
         raise PretrainError(
             f"query embeddings have {query.shape[1]} features but the gallery's have {gallery.shape[1]}",
@@ -289,7 +292,4 @@ def search_topk(
         v, i = ranked_topk(scores, k)
         values.append(v)
         indices.append(i)
-    if not values:
-        width = min(k, gallery.shape[0])
-        return query.new_zeros(0, width), torch.zeros(0, width, dtype=torch.long, device=query.device)
     return torch.cat(values), torch.cat(indices)

@@ -299,7 +299,6 @@ class Evaluator:
         assert val is not None
         info = self.loaders.info["val"]
         gallery = self._gallery(model, for_knn=False)
-        queries = QueryLabels(torch.zeros(0, dtype=torch.long), info.matches)
         if info.matches is None:
             if not bool((gallery.labels >= 0).all()):
                 raise PretrainError(f"{gallery.source} has unlabelled items, but the queries are class-labelled",
@@ -310,7 +309,7 @@ class Evaluator:
                     f"{list(info.classes)[:8]}: a match is 'same class', so they must agree",
                     hint="Embed the gallery from data with the same classes (in the same order).")
         feats, labels = self._embed(model, "val", val, gather=False)
-        queries.labels = labels
+        queries = QueryLabels(labels, info.matches)
         ks = retrieval_topk(self.cfg, getattr(model, "topk", None))
         similarity: Similarity = getattr(model, "similarity", "cosine")
         _, indices = rank(feats, gallery.feats, max(ks), similarity, self.cfg.search)

@@ -44,18 +44,24 @@ class MetricsReport:
 
 
 def gather_rows(local: Tensor, info: DistInfo | None) -> list[Tensor]:
-    """Every rank's ``local`` (same trailing shape, any length), in rank order (identity alone)."""
+    """Every rank's ``local`` (any length; same trailing shape), in rank order (identity alone).
+
+    A rank without rows may hold an empty tensor of any trailing shape (of the same rank):
+    it takes the shape of the ranks that have rows.
+    """
     if info is None or not info.distributed:
         return [local]
-    size = torch.tensor([local.shape[0]], device=info.device)
-    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
-    dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
-    padded = local.new_zeros(longest, *local.shape[1:])
-    padded[: local.shape[0]] = local
+    shape = torch.tensor(list(local.shape), device=info.device)  # (ndim,)
+    shapes = [torch.zeros_like(shape) for _ in range(info.world_size)]
+    dist.all_gather(shapes, shape)
+    rows = [int(s[0]) for s in shapes]
+    trailing = next((tuple(int(d) for d in s[1:]) for s in shapes if int(s[0]) > 0), tuple(local.shape[1:]))
+    padded = local.new_zeros(max(rows), *trailing)
+    if local.shape[0]:
+        padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded.contiguous())
-    return [p[: int(n)] for p, n in zip(parts, sizes, strict=True)]
+    return [p[:n] for p, n in zip(parts, rows, strict=True)]
 
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}

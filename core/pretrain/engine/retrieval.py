@@ -82,8 +82,8 @@ def _faiss_rank(
                             hint="pip install 'pretrain[faiss]' (faiss-cpu), or use type = \"exact\".") from None
     import numpy as np
 
-    if query.shape[1] != gallery.shape[1]:
-        return search_topk(query, gallery, k, similarity)  # raises the width error
+    if query.shape[0] == 0 or query.shape[1] != gallery.shape[1]:
+        return search_topk(query, gallery, k, similarity)  # nothing to rank, or the width error
     if similarity == "cosine":
         query, gallery = F.normalize(query, dim=1), F.normalize(gallery, dim=1)
     metric = faiss.METRIC_L2 if similarity == "euclidean" else faiss.METRIC_INNER_PRODUCT
