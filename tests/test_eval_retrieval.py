@@ -171,7 +171,7 @@ def test_self_supervised_training_on_an_unlabelled_folder(tmp_path: Path) -> Non
     from pretrain_builtins.models.mae import MAE
 
     gen = torch.Generator().manual_seed(0)
-    for i, rel in enumerate(["a.png", "holiday/b.png", "holiday/day2/c.png", "d.png"]):
+    for rel in ["a.png", "holiday/b.png", "holiday/day2/c.png", "d.png"]:
         path = tmp_path / "photos" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = torch.randint(0, 256, (32, 32, 3), generator=gen, dtype=torch.uint8).numpy()
