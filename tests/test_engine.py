@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from pretrain.engine.ema import ModelEMA
-from pretrain.engine.metrics import AccuracyMeter
 from pretrain.engine.optim import build_optimizer, param_groups
 from pretrain.engine.schedule import build_schedule
 from pretrain.errors import PretrainError
@@ -211,20 +210,27 @@ def test_ema_update_matches_formula() -> None:
     assert torch.equal(skip.module.weight, w)
 
 
-def test_accuracy_meter_topk_and_per_class() -> None:
-    meter = AccuracyMeter((1, 2), 3, torch.device("cpu"))
+def test_accuracy_metric_topk_and_per_class() -> None:
+    from pretrain.components import MetricContext, MetricInputs
+    from pretrain.engine.metrics import MetricSet
+    from pretrain.spec.context import ValidationContext
+
+    def metric_set(topk):
+        nodes = ValidationContext().components("metric", [{"type": "Accuracy"}], "eval.metrics")
+        return MetricSet(nodes, MetricContext(num_classes=3, topk=topk, device=torch.device("cpu")))
+
+    metrics = metric_set((1, 2))
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4]])
     labels = torch.tensor([0, 2, 2, 1])
-    meter.update(scores[:2], labels[:2])
-    meter.update(scores[2:], labels[2:])
-    out = meter.compute()
-    assert out["accuracy/top1"] == pytest.approx(50.0)  # samples 0 and 2
-    assert out["accuracy/top2"] == pytest.approx(75.0)  # + sample 1
-    assert out["num_samples"] == 4
-    assert [r["accuracy"] for r in out["per_class"]] == [100.0, 0.0, 50.0]
-    assert [r["count"] for r in out["per_class"]] == [1, 1, 2]
+    metrics.update(MetricInputs(scores=scores[:2], labels=labels[:2]))
+    metrics.update(MetricInputs(scores=scores[2:], labels=labels[2:]))
+    out = metrics.compute()
+    assert out.scalars["accuracy/top1"] == pytest.approx(50.0)  # samples 0 and 2
+    assert out.scalars["accuracy/top2"] == pytest.approx(75.0)  # + sample 1
+    assert out.per_class["accuracy"] == [100.0, 0.0, 50.0]
+    assert out.per_class["count"] == [1, 1, 2]
     with pytest.raises(PretrainError, match="top-5"):
-        AccuracyMeter((1, 5), 3, torch.device("cpu"))
+        metric_set((1, 5))
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -163,6 +163,17 @@ class BaseDataset:
     classes: Sequence[str] = ()
     #: Channels the spec asked for (None: follow the model's ``in_channels``).
     requested_channels: int | None = None
+    #: False for images without labels (self-supervised data): ``targets`` are all -1
+    #: and ``classes`` is empty; models that predict classes refuse such data.
+    labelled: bool = True
+
+    def gallery_matches(self) -> Sequence[Sequence[int]] | None:
+        """Index-labelled retrieval queries (InShop style): each sample's matching gallery indices.
+
+        None for ordinary datasets. A dataset that returns lists here labels each
+        sample by its own index (``targets[i] == i``) and has no ``classes``.
+        """
+        return None
 
     def __len__(self) -> int:
         raise NotImplementedError  # pragma: no cover - abstract

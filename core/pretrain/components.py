@@ -31,6 +31,17 @@ from pretrain._data_contracts import (
     mix_seed,
     to_channels,
 )
+from pretrain._eval_contracts import (
+    BaseMetric,
+    MetricContext,
+    MetricInputs,
+    MetricResult,
+    Reduce,
+    Similarity,
+    ranked_topk,
+    search_topk,
+    similarity_scores,
+)
 from pretrain.registry.kinds import ComponentRef
 
 __all__ = [
@@ -40,8 +51,10 @@ __all__ = [
     "BaseDataset",
     "BaseHead",
     "BaseLoss",
+    "BaseMetric",
     "BaseModel",
     "BaseNeck",
+    "BaseRetriever",
     "BaseTargetGenerator",
     "BaseTransform",
     "BaseWeightConverter",
@@ -50,14 +63,22 @@ __all__ = [
     "HeadRef",
     "LossRef",
     "Masked",
+    "MetricContext",
+    "MetricInputs",
+    "MetricResult",
     "NeckRef",
     "Pipeline",
+    "Reduce",
+    "Similarity",
     "SkipSample",
     "TargetGeneratorRef",
     "TargetKind",
     "TransformRef",
     "build_component",
     "mix_seed",
+    "ranked_topk",
+    "search_topk",
+    "similarity_scores",
     "to_channels",
 ]
 
@@ -178,6 +199,63 @@ class BaseModel(nn.Module):
     def extract_feat(self, inputs: Tensor) -> Any:
         """Return features (backbone output unless the model documents otherwise)."""
         raise NotImplementedError  # pragma: no cover
+
+
+class BaseRetriever(BaseModel):
+    """Retrieval model: embeds images and ranks gallery items by similarity.
+
+    ``extract_feat(inputs) -> (N, D)`` embeddings; :attr:`similarity` (``cosine``,
+    ``dot`` or ``euclidean``, larger = more similar) and :attr:`topk` (None: the
+    whole gallery) say how items are ranked. The engine encodes the gallery with the
+    current weights at every evaluation and scores it itself (chunked, exact under
+    DDP, or through faiss); :meth:`set_gallery` + :meth:`predict` serve interactive
+    use. ``eval_task = "retrieval"`` is how the engine and the validator recognise a
+    retriever (its head's classes are training classes, not the gallery's).
+    """
+
+    eval_task: ClassVar[str] = "retrieval"
+    #: How queries and gallery items are compared.
+    similarity: Similarity = "cosine"
+    #: Gallery items ``predict`` returns per query (None: all of them).
+    topk: int | None = None
+
+    def set_gallery(self, feats: Tensor, labels: Tensor | None = None) -> None:
+        """Use ``feats`` (M, D) (and optional class ``labels`` (M,)) as the gallery of :meth:`predict`."""
+        if feats.dim() != 2 or feats.shape[0] == 0:
+            from pretrain.errors import PretrainError
+
+            raise PretrainError(f"a gallery is a non-empty (M, D) tensor, got shape {tuple(feats.shape)}")
+        self._gallery = (feats.detach(), None if labels is None else labels.detach())
+
+    def predict(self, inputs: Tensor | Sequence[Tensor]) -> dict[str, Tensor]:
+        """Rank the gallery for each image: ``scores``/``indices`` (N, K), best first.
+
+        With a class-labelled gallery, ``labels`` (N,) is the class of the best match.
+
+        Raises:
+            PretrainError: No gallery was set.
+
+        """
+        gallery = getattr(self, "_gallery", None)
+        if gallery is None:
+            from pretrain.errors import PretrainError
+
+            raise PretrainError(
+                f"{type(self).__name__}.predict needs a gallery; call set_gallery(feats) first",
+                hint="`pretrain eval` encodes [data.gallery] itself; `pretrain embed` saves features.",
+            )
+        feats, labels = gallery
+        if not isinstance(inputs, Tensor):
+            from pretrain.errors import PretrainError
+
+            raise PretrainError(f"{type(self).__name__} takes one image batch, not a list of views")
+        query = self.extract_feat(inputs)  # (N, D)
+        k = self.topk or feats.shape[0]
+        scores, indices = search_topk(query.float(), feats.to(query.device).float(), k, self.similarity)
+        out = {"scores": scores, "indices": indices}
+        if labels is not None:
+            out["labels"] = labels.to(indices.device)[indices[:, 0]]
+        return out
 
 
 class BaseWeightConverter:

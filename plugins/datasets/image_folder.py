@@ -1,4 +1,4 @@
-"""``ImageFolder``: one sub-folder per class, any image format Pillow reads.
+"""``ImageFolder``: one sub-folder per class, any image format Pillow reads; or unlabelled images.
 
 Layout (the same as torchvision's and MMPretrain's ``CustomDataset`` with sub-folders)::
 
@@ -7,7 +7,9 @@ Layout (the same as torchvision's and MMPretrain's ``CustomDataset`` with sub-fo
     root/dog/003.webp
 
 Labels follow the sorted folder names unless ``classes`` lists them (which also
-selects a subset). Every problem is reported up front with the path at fault:
+selects a subset). With ``labels = false`` any directory tree of images is a
+dataset (your own photos for self-supervised pretraining): every image under
+``root``, at any depth, without labels. Every problem is reported up front with the path at fault:
 a missing ``root``, no class folders, an empty class, an unreadable image (or,
 with ``skip_unreadable``, a warning that says how many were left out).
 """
@@ -73,7 +75,9 @@ def _verify(path: str) -> str | None:
 class ImageFolder(BaseDataset):
     """Images in ``root/<class>/...`` (any Pillow format); the folder name is the label.
 
-    Sub-folders of a class folder are searched too; hidden files and files whose
+    With ``labels = false``, every image under ``root`` at any depth, unlabelled
+    (self-supervised data; classifiers and kNN refuse it). Sub-folders of a class
+    folder are searched too; hidden files and files whose
     extension Pillow does not know are ignored. Images are converted to RGB, or to
     gray when the model takes one channel.
 
@@ -91,6 +95,8 @@ class ImageFolder(BaseDataset):
             image_size×image_size when decoding. Makes all images one size, which
             lets small datasets be held in memory and pipelines skip a Resize.
         channels: 1 or 3 channels; default: what the model takes.
+        labels: Whether sub-folders are classes; false reads every image under root
+            (any tree, no class folders needed) without labels.
 
     """
 
@@ -106,13 +112,17 @@ class ImageFolder(BaseDataset):
         verify: bool = True,
         image_size: Annotated[int, Field(gt=0)] | None = None,
         channels: Literal[1, 3] | None = None,
+        labels: bool = True,
     ) -> None:
+        if not labels and classes is not None:
+            raise ValueError("classes selects class folders, but labels = false reads no classes")
         self.root = Path(root).expanduser()
+        self.labelled = labels
         self.skip_unreadable = skip_unreadable
         self.image_size = image_size
         self.requested_channels = channels
         self._channels = channels or 3
-        self.classes, samples = self._scan(classes)
+        self.classes, samples = self._scan(classes) if labels else self._scan_unlabelled()
         if verify:
             samples = self._check(samples)
         self.samples: list[tuple[str, int]] = samples
@@ -121,13 +131,8 @@ class ImageFolder(BaseDataset):
     # ------------------------------------------------------------------ scanning
 
     def _scan(self, classes: list[str] | None) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-        if not self.root.is_dir():
-            what = "is a file, not a folder" if self.root.exists() else "does not exist"
-            raise PretrainError(
-                f"ImageFolder root {str(self.root)!r} {what}",
-                hint="Point root at a folder with one sub-folder of images per class "
-                "(root/<class>/<image>).",
-            )
+        self._check_root("a folder with one sub-folder of images per class (root/<class>/<image>), or set "
+                         "labels = false for any tree of unlabelled images")
         found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if classes is None:
             classes = found
@@ -143,7 +148,8 @@ class ImageFolder(BaseDataset):
         if not classes:
             raise PretrainError(
                 f"ImageFolder {str(self.root)!r} has no class sub-folders",
-                hint="Put the images of each class in their own folder: root/<class>/<image>.",
+                hint="Put the images of each class in their own folder: root/<class>/<image>, or set "
+                "labels = false to read unlabelled images (self-supervised pretraining).",
             )
         extensions = _image_extensions()
         samples: list[tuple[str, int]] = []
@@ -157,6 +163,27 @@ class ImageFolder(BaseDataset):
                 )
             samples += [(f, label) for f in files]
         return tuple(classes), samples
+
+    def _scan_unlabelled(self) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+        self._check_root("a folder of images (any tree)")
+        files = sorted(self._images_in(self.root, _image_extensions()))
+        if not files:
+            raise PretrainError(
+                f"ImageFolder {str(self.root)!r} holds no images (labels = false reads every image under it)",
+                hint="Point root at a folder with images (any format Pillow reads, at any depth).",
+            )
+        return (), [(f, -1) for f in files]
+
+    def _check_root(self, what: str) -> None:
+        if not self.root.is_dir():
+            state = "is a file, not a folder" if self.root.exists() else "does not exist"
+            raise PretrainError(f"ImageFolder root {str(self.root)!r} {state}", hint=f"Point root at {what}.")
+
+    @classmethod
+    def spec_issues(cls, params: dict[str, Any]) -> Iterable[tuple[str, str]]:
+        """``classes`` needs class folders (``labels = true``)."""
+        if params.get("labels") is False and params.get("classes") is not None:
+            yield "classes", "selects class folders, but labels = false reads no classes; remove one of them"
 
     @staticmethod
     def _images_in(folder: Path, extensions: frozenset[str]) -> Iterable[str]:
@@ -185,6 +212,9 @@ class ImageFolder(BaseDataset):
         )
         bad_paths = {path for path, _ in bad}
         kept = [s for s in samples if s[0] not in bad_paths]
+        if not kept:
+            raise PretrainError(f"ImageFolder {str(self.root)!r} has no readable images left",
+                                hint="Fix its files.")
         for label, name in enumerate(self.classes):
             if not any(lbl == label for _, lbl in kept):
                 raise PretrainError(
@@ -200,7 +230,7 @@ class ImageFolder(BaseDataset):
 
     @property
     def targets(self) -> Tensor:
-        """Labels long (N,) from the folder names (no decoding)."""
+        """Labels long (N,) from the folder names (no decoding); all -1 with ``labels = false``."""
         return self._targets
 
     @property
@@ -259,4 +289,5 @@ class ImageFolder(BaseDataset):
         return stacked, self._targets[torch.tensor(keep, dtype=torch.long)]
 
     def __repr__(self) -> str:
-        return f"ImageFolder(root={str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
+        labels = f"{len(self.classes)} classes" if self.labelled else "unlabelled"
+        return f"ImageFolder(root={str(self.root)!r}, {len(self)} images, {labels})"

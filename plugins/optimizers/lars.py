@@ -22,7 +22,7 @@ to the host (no ``.item()`` per parameter), so a step does not synchronise the G
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -48,6 +48,8 @@ class LARS(Optimizer):
             and no weight decay, as MMPretrain's LARS configs do.
 
     """
+
+    example_config: ClassVar[dict[str, Any]] = {"lr": 0.1}
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 from pretrain.errors import PretrainError, SpecIssue
 from pretrain.spec.validate import ComponentNode, ValidatedSpec
 
-__all__ = ["ShapeReport", "check_model"]
+__all__ = ["ShapeReport", "check_model", "embeddings_width"]
 
 
 @dataclass
@@ -126,6 +126,7 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
             return ShapeReport(issues, params, trainable, shape, stages)
         stages.append((neck_node.loc, _describe(feats)))
         source = f"{source} through {_loc_type(neck_node)}"
+    issues += _check_gallery_file(spec, feats, source)
     head = getattr(model, "head", None)
     if head_node is not None and head is not None:
         mismatch = _compare(head_node, feats, source)
@@ -139,6 +140,32 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
                     SpecIssue(head_node.loc, f"forward fails on {source}'s output {_describe(feats)}: {exc}")
                 )
     return ShapeReport(issues, params, trainable, shape, stages)
+
+
+def embeddings_width(path: str) -> int | None:
+    """The feature width of an embeddings file, from its header alone (None if unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            shape = f.get_slice("features").get_shape()
+    except Exception:  # not ours, damaged: loading it reports that in full
+        return None
+    return int(shape[1]) if len(shape) == 2 else None
+
+
+def _check_gallery_file(spec: ValidatedSpec, feats: Any, source: str) -> list[SpecIssue]:
+    """A saved gallery must have the width of the features the model produces."""
+    from pretrain.spec.data_section import GalleryFile
+
+    gallery = getattr(spec.sections.get("data"), "gallery", None)
+    if not isinstance(gallery, GalleryFile):
+        return []
+    width, have = embeddings_width(gallery.path), _channels(feats)
+    if width is None or have is None or width == have:
+        return []
+    return [SpecIssue(f"{gallery.loc}.embeddings", f"{gallery.path} holds {width}-wide features, but {source} "
+                      f"outputs {have}; embed the gallery with this model (`pretrain embed ... --split gallery`)")]
 
 
 def _compare(node: ComponentNode, feats: Any, source: str) -> list[SpecIssue]:

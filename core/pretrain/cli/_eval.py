@@ -1,4 +1,4 @@
-"""``pretrain eval SPEC --weights FILE``: top-k and per-class accuracy on the spec's ``data.val``."""
+"""``pretrain eval SPEC --weights FILE``: the spec's evaluation on ``data.val`` (classes, retrieval, kNN, loss)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ def add_parser(sub: Any) -> None:
     """Register the subcommand."""
     p = sub.add_parser(
         "eval",
-        help="score weights on the spec's validation data (top-k, per class)",
+        help="score weights on the spec's validation data (classification, retrieval, kNN)",
         description=(
             "Build the spec's model, load WEIGHTS (a .safetensors file written by `pretrain "
-            "train`, or a run directory: its best, else last, weights) and report top-k accuracy "
-            "in percent on [data.val], with a per-class table. Uses the spec's train.precision "
-            "and channels_last, so it reproduces the training-time validation exactly."
+            "train`, or a run directory: its best, else last, weights) and score it on [data.val]: "
+            "classifiers report top-k accuracy, precision/recall/F1 (per class and averaged) and a "
+            "confusion matrix; retrievers rank [data.gallery] and report Recall@K and mAP@K; "
+            "[eval] knn adds weighted kNN accuracy. Weights of components the model lacks (a "
+            "classifier's head, evaluated as a retriever) are ignored with a note. Uses the spec's "
+            "train.precision and channels_last, so it reproduces the training-time validation exactly."
         ),
     )
     add_spec_arguments(p)
@@ -34,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate."""
     import os
 
-    from pretrain.cli._console import console, note_broken_plugins, print_json
+    from pretrain.cli._console import console, err_console, note_broken_plugins, print_json
     from pretrain.engine.api import evaluate
 
-    metrics = evaluate(args.spec, args.weights, overrides=args.overrides, device=args.device)
+    metrics = evaluate(args.spec, args.weights, overrides=args.overrides, device=args.device,
+                       console=err_console)
     note_broken_plugins()
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -49,19 +53,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(console: Any, metrics: dict[str, Any]) -> None:
-    if "val_loss" in metrics:
-        console.print(f"{metrics['weights']}: val_loss {metrics['val_loss']:.4f} on {metrics['num_samples']} images")
-        return
     from rich.table import Table
 
-    table = Table(title=f"per-class accuracy ({metrics['num_samples']} images)")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    table.add_column("top-1 %", justify="right")
-    for row in metrics["per_class"]:
-        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.2f}"
-        table.add_row(str(row["class"]), str(row["count"]), acc)
-    console.print(table)
-    tops = "  ".join(f"{k} [bold]{v:.2f}[/] %" for k, v in metrics.items()
-                     if k.startswith("accuracy/"))
-    console.print(f"{metrics['weights']}: {tops}")
+    if "val_loss" in metrics:
+        console.print(f"{metrics['weights']}: val_loss {metrics['val_loss']:.4f} on {metrics['num_samples']} images")
+    rows = metrics.get("per_class")
+    if rows:
+        columns = [c for c in ("count", "accuracy", "precision", "recall", "f1-score") if c in rows[0]]
+        table = Table(title=f"per-class accuracy, precision, recall, F1 ({metrics['num_samples']} images, %)")
+        table.add_column("class")
+        for column in columns:
+            table.add_column("images" if column == "count" else column, justify="right")
+        for row in rows:
+            cells = [str(row[c]) if c == "count" else ("-" if row[c] is None else f"{row[c]:.2f}") for c in columns]
+            table.add_row(str(row["class"]), *cells)
+        console.print(table)
+    if "num_queries" in metrics:
+        console.print(f"{metrics['num_queries']} queries ranked against {metrics['gallery_size']} gallery items")
+    scalars = "  ".join(f"{k} [bold]{v:.2f}[/] %" for k, v in metrics.items()
+                        if "/" in k and isinstance(v, int | float))
+    if scalars:
+        console.print(f"{metrics['weights']}: {scalars}")

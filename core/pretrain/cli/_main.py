@@ -22,6 +22,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "pretrain.cli._plugins",
     "pretrain.cli._train",
     "pretrain.cli._eval",
+    "pretrain.cli._embed",
     "pretrain.cli._reconstruct",
     "pretrain.cli._convert",
     "pretrain.cli._new_plugin",

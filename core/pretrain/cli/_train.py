@@ -87,7 +87,7 @@ def _summary(console: Any, rd: Any, record: dict[str, Any], wall: float) -> None
     metrics = ", ".join(
         f"{k} {v:.4g}" if k == "val_loss" else f"{k} {v:.2f}"
         for k, v in record.items()
-        if k.startswith("accuracy/") or k == "val_loss"
+        if k.startswith(("accuracy/", "knn/", "retrieval/")) or k == "val_loss"
     )
     best = ""
     try:

@@ -22,7 +22,7 @@ from pretrain.errors import SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import ValidatedSpec, validate_spec
 
-__all__ = ["evaluate", "prepare_spec", "train"]
+__all__ = ["embed", "evaluate", "prepare_spec", "train"]
 
 SpecLike = str | Path | Mapping[str, Any] | ValidatedSpec
 
@@ -99,6 +99,7 @@ def train(
 
 def evaluate(
     spec: SpecLike, weights: str | Path, *, overrides: Sequence[str] = (), device: str | None = None,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Score weights on a spec's ``data.val`` exactly as training-time validation does.
 
@@ -107,14 +108,41 @@ def evaluate(
         weights: A ``.safetensors`` file, or a run directory (its best, else last, weights).
         overrides: ``--set`` style ``key=value`` strings.
         device: Overrides ``train.device``.
+        console: Where notes go (weights of components the model lacks); logged if None.
 
     Returns:
-        ``accuracy/top{k}``, ``num_samples``, ``per_class`` for classifiers; ``val_loss``
-        for models without classes; ``weights`` (the file read).
+        ``accuracy/top{k}``, ``single-label/*``, ``num_samples``, ``per_class``,
+        ``confusion_matrix`` for classifiers; ``retrieval/Recall@K``, ``retrieval/mAP@K``
+        for retrievers; ``val_loss`` for models without classes; ``knn/top{k}`` with
+        ``[eval] knn``; ``weights`` (the file read).
 
     """
     validated = prepare_spec(spec, overrides)
     try:
-        return evaluate_weights(validated, RunDir.resolve_weights(weights, "best"), device)
+        return evaluate_weights(validated, RunDir.resolve_weights(weights, "best"), device, console)
+    finally:
+        shutdown()
+
+
+def embed(
+    spec: SpecLike, weights: str | Path, *, split: str = "val", output: str | Path,
+    overrides: Sequence[str] = (), device: str | None = None, console: Console | None = None,
+) -> dict[str, Any]:
+    """Write the features (+ labels) of ``data.<split>`` to an embeddings file.
+
+    Example:
+        >>> pretrain.engine.api.embed("examples/specs/retriever_digits.toml", "runs/quickstart",
+        ...                           split="gallery", output="gallery.safetensors")
+
+    Returns:
+        ``output``, ``num_images``, ``dim``, ``split``, ``weights``.
+
+    """
+    from pretrain.engine.embed import embed_split
+
+    validated = prepare_spec(spec, overrides)
+    try:
+        return embed_split(validated, RunDir.resolve_weights(weights, "best"), split=split, output=output,
+                           device=device, console=console)
     finally:
         shutdown()

@@ -30,7 +30,7 @@ gives exact metrics.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,9 +41,9 @@ from pretrain.assembly.assemble import build_node
 from pretrain.components import BaseDataset, Batch, Masked, Pipeline, SkipSample, mix_seed, to_channels
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
-from pretrain.spec.data_section import SPLITS, DataOptions, DataSection, DatasetSpec
+from pretrain.spec.data_section import DataOptions, DataSection, DatasetSpec
 
-__all__ = ["EvalLoader", "Loaders", "TrainLoader", "build_loaders"]
+__all__ = ["EvalLoader", "Loaders", "SplitInfo", "TrainLoader", "build_loaders"]
 
 #: Seed of evaluation-time augmentation (independent of the run's seed).
 _EVAL_SEED = 0
@@ -261,6 +261,22 @@ class EvalLoader:
             yield from self._source.run(batches, -1)
 
 
+@dataclass(frozen=True)
+class SplitInfo:
+    """What evaluation needs to know about a split's labels.
+
+    Attributes:
+        classes: Class names (empty for unlabelled or index-labelled data).
+        labelled: Whether ``targets`` are class labels (False: all -1).
+        matches: Index-labelled retrieval queries: each sample's matching gallery indices.
+
+    """
+
+    classes: tuple[str, ...]
+    labelled: bool = True
+    matches: tuple[tuple[int, ...], ...] | None = None
+
+
 @dataclass
 class Loaders:
     """What ``build_loaders`` returns.
@@ -271,6 +287,10 @@ class Loaders:
         classes: Class names (label ``i`` is ``classes[i]``).
         channels: Channels of the yielded images.
         in_memory: Whether each split is held in memory, by split name.
+        gallery: ``[data.gallery]`` batches (a dataset gallery only), if asked for.
+        train_eval: The training set through the validation pipeline (kNN's default
+            gallery), if asked for.
+        info: Labels of each built split (``train``, ``val``, ``gallery``, ``train_eval``).
 
     """
 
@@ -279,6 +299,9 @@ class Loaders:
     classes: tuple[str, ...]
     channels: int
     in_memory: dict[str, bool]
+    gallery: EvalLoader | None = None
+    train_eval: EvalLoader | None = None
+    info: dict[str, SplitInfo] = field(default_factory=dict)
 
 
 def _fail(loc: str, message: str, hint: str | None = None) -> PretrainError:
@@ -311,10 +334,39 @@ def _check_shape(out: Tensor | list[Tensor] | Masked, image_size: int | None, lo
                     "size, or the dataset's image_size), or change data.image_size.")
 
 
+@dataclass
+class _Prepared:
+    source: _MemorySource | _LoaderSource
+    size: int
+    info: SplitInfo
+    channels: int
+    in_memory: bool
+    dataset: BaseDataset
+
+
+def _check_labels(dataset: BaseDataset, loc: str, num_classes: int | None) -> SplitInfo:
+    """The split's label kind; a model with classes refuses unlabelled or index-labelled data."""
+    names = tuple(str(c) for c in dataset.classes)
+    matches_fn = getattr(dataset, "gallery_matches", None)
+    raw_matches = matches_fn() if callable(matches_fn) else None
+    matches = None if raw_matches is None else tuple(tuple(int(i) for i in m) for m in raw_matches)
+    labelled = bool(getattr(dataset, "labelled", True)) and matches is None
+    if num_classes is not None and not labelled:
+        what = "has no labels (labels = false)" if matches is None else "is labelled by gallery index"
+        raise _fail(loc, f"the dataset {what}, but the model predicts num_classes = {num_classes} classes",
+                    "Use labelled data for classifiers (and for kNN), or a self-supervised model.")
+    if num_classes is not None and len(names) != num_classes:
+        raise _fail(loc, f"the dataset has {len(names)} classes but the model predicts "
+                    f"num_classes = {num_classes}",
+                    f"Set the head's num_classes to {len(names)} (e.g. --set "
+                    f"model.head.num_classes={len(names)}), or list the classes to use.")
+    return SplitInfo(names if labelled else (), labelled, matches)
+
+
 def _prepare(
     spec: DatasetSpec, options: DataOptions, *, device: torch.device, seed: int,
     num_classes: int | None, in_channels: int | None, classes: tuple[str, ...] | None,
-) -> tuple[_MemorySource | _LoaderSource, int, tuple[str, ...], int, bool]:
+) -> _Prepared:
     loc = spec.loc
     try:
         dataset: BaseDataset = _build(spec.dataset)
@@ -323,14 +375,10 @@ def _prepare(
         if exc.message.startswith(loc):
             raise
         raise _fail(loc, exc.message, exc.hint) from exc
-    names = tuple(str(c) for c in dataset.classes)
-    if num_classes is not None and len(names) != num_classes:
-        raise _fail(loc, f"the dataset has {len(names)} classes but the model predicts "
-                    f"num_classes = {num_classes}",
-                    f"Set the head's num_classes to {len(names)} (e.g. --set "
-                    f"model.head.num_classes={len(names)}), or list the classes to use.")
-    if classes is not None and names != classes:
-        raise _fail(loc, f"its classes {list(names)[:10]} differ from data.train's "
+    info = _check_labels(dataset, loc, num_classes)
+    names = info.classes
+    if classes is not None and info.labelled and names != classes:
+        raise _fail(loc, f"its classes {list(names)[:10]} differ from the other split's "
                     f"{list(classes)[:10]}",
                     "Both splits must use one label order: give both the same `classes` list.")
     requested = dataset.requested_channels
@@ -338,31 +386,36 @@ def _prepare(
         raise _fail(loc, f"channels = {requested} but the model takes {in_channels}-channel "
                     "images", "Remove `channels` (images then follow the model) or change it.")
     channels = in_channels or dataset.channels
-    probe: Tensor | list[Tensor] | Masked | None
-    if _use_memory(dataset, options, channels, loc):
-        images, labels = dataset.load_all()
-        if len(labels) == 0:
-            raise _fail(loc, "the dataset is empty", "Check its root/split settings.")
-        memory = _MemorySource(to_channels(images, channels), labels, pipeline, device)
-        # Run the pipeline once on two images: a wrong output size fails here, not mid-run.
-        probe = pipeline(memory.images[:2], generator=torch.Generator(device=device))
-        source: _MemorySource | _LoaderSource = memory
-        size, in_memory = len(labels), True
-    else:
-        if len(dataset) == 0:
-            raise _fail(loc, "the dataset is empty", "Check its root/split settings.")
-        labels = dataset.targets
-        samples = _SampleDataset(dataset, pipeline, channels, seed)
-        first = samples[(0, 0)]
-        probe = None if first is None else first[0]
-        source = _LoaderSource(samples, options.num_workers, device)
-        size, in_memory = len(dataset), False
-    if int(labels.min()) < 0 or int(labels.max()) >= len(names):
+    source, size, in_memory, labels = _source(dataset, pipeline, options, device, seed, channels, loc)
+    if info.labelled and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
         raise _fail(loc, f"labels range {int(labels.min())}..{int(labels.max())} but there are "
                     f"{len(names)} classes", "The dataset's targets must be 0..len(classes)-1.")
-    if probe is not None:
-        _check_shape(probe, options.image_size, loc)
-    return source, size, names, channels, in_memory
+    return _Prepared(source, size, info, channels, in_memory, dataset)
+
+
+def _source(
+    dataset: BaseDataset, pipeline: Pipeline, options: DataOptions, device: torch.device, seed: int,
+    channels: int, loc: str, memory: _MemorySource | None = None,
+) -> tuple[_MemorySource | _LoaderSource, int, bool, Tensor]:
+    """A batch source over ``dataset`` with ``pipeline``, its pipeline output checked on a probe."""
+    if memory is not None or _use_memory(dataset, options, channels, loc):
+        if memory is None:
+            images, labels = dataset.load_all()
+            if len(labels) == 0:
+                raise _fail(loc, "the dataset is empty", "Check its root/split settings.")
+            memory = _MemorySource(to_channels(images, channels), labels, pipeline, device)
+        else:  # another pipeline over images already held in memory
+            memory = _MemorySource(memory.images, memory.labels, pipeline, device)
+        # Run the pipeline once on two images: a wrong output size fails here, not mid-run.
+        _check_shape(pipeline(memory.images[:2], generator=torch.Generator(device=device)), options.image_size, loc)
+        return memory, len(memory.labels), True, memory.labels
+    if len(dataset) == 0:
+        raise _fail(loc, "the dataset is empty", "Check its root/split settings.")
+    samples = _SampleDataset(dataset, pipeline, channels, seed)
+    first = samples[(0, 0)]
+    if first is not None:
+        _check_shape(first[0], options.image_size, loc)
+    return _LoaderSource(samples, options.num_workers, device), len(dataset), False, dataset.targets
 
 
 def build_loaders(
@@ -375,7 +428,8 @@ def build_loaders(
     seed: int,
     num_classes: int | None,
     in_channels: int | None = None,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] = ("train", "val"),
+    retrieval: bool = False,
 ) -> Loaders:
     """Build the datasets of ``section`` and their loaders, checking the data first.
 
@@ -390,7 +444,10 @@ def build_loaders(
             error. None skips the check (self-supervised models).
         in_channels: Channels the model takes; images are converted to it
             (gray <-> RGB). None keeps the dataset's channels.
-        splits: Which of ``train``/``val`` to build (``pretrain eval`` needs only val).
+        splits: Which of ``train``, ``val``, ``gallery`` (a dataset ``[data.gallery]``) and
+            ``train_eval`` (the training set through the validation pipeline) to build.
+        retrieval: The model is a retriever: ``num_classes`` (its head's training
+            classes) applies to ``train`` only; ``val`` and ``gallery`` share their own.
 
     Returns:
         The loaders; a split the section lacks (or not asked for) is None.
@@ -405,27 +462,53 @@ def build_loaders(
     options = section.options
     if section.train is None and section.val is None:
         raise PretrainError("data: no dataset", hint="Add [data.train] and/or [data.val].")
-    train = val = None
+    train = val = gallery = train_eval = None
     classes: tuple[str, ...] | None = None
     channels = in_channels or 3
     memory: dict[str, bool] = {}
-    if section.train is not None and "train" in splits:
-        source, size, classes, channels, memory["train"] = _prepare(
-            section.train, options, device=device, seed=seed, num_classes=num_classes,
-            in_channels=in_channels, classes=None,
-        )
-        train = TrainLoader(source, size=size, batch_size=options.batch_size,
-                            drop_last=options.drop_last, seed=seed, rank=rank,
-                            world_size=world_size)
-        if len(train) == 0:
-            raise _fail(section.train.loc, f"{size} images give no batch of {options.batch_size} "
-                        f"per process with drop_last", "Lower batch_size or set drop_last = false.")
+    info: dict[str, SplitInfo] = {}
+    eval_batch = options.val_batch_size or options.batch_size
+    built_train: _Prepared | None = None
+
+    def eval_loader(prepared: _Prepared) -> EvalLoader:
+        return EvalLoader(prepared.source, size=prepared.size, batch_size=eval_batch, rank=rank,
+                          world_size=world_size)
+
+    if section.train is not None and ("train" in splits or "train_eval" in splits):
+        built_train = _prepare(section.train, options, device=device, seed=seed, num_classes=num_classes,
+                               in_channels=in_channels, classes=None)
+        classes, channels, info["train"] = built_train.info.classes, built_train.channels, built_train.info
+        if "train" in splits:
+            memory["train"] = built_train.in_memory
+            train = TrainLoader(built_train.source, size=built_train.size, batch_size=options.batch_size,
+                                drop_last=options.drop_last, seed=seed, rank=rank, world_size=world_size)
+            if len(train) == 0:
+                raise _fail(section.train.loc, f"{built_train.size} images give no batch of "
+                            f"{options.batch_size} per process with drop_last",
+                            "Lower batch_size or set drop_last = false.")
+    # A retriever's val/gallery hold other identities than its training classes.
+    eval_classes = None if retrieval else classes
+    eval_num_classes = None if retrieval else num_classes
     if section.val is not None and "val" in splits:
-        source, size, val_classes, channels, memory["val"] = _prepare(
-            section.val, options, device=device, seed=_EVAL_SEED, num_classes=num_classes,
-            in_channels=in_channels, classes=classes,
-        )
-        classes = classes or val_classes
-        val = EvalLoader(source, size=size, batch_size=options.val_batch_size or options.batch_size,
-                         rank=rank, world_size=world_size)
-    return Loaders(train, val, classes or (), channels, memory)
+        prepared = _prepare(section.val, options, device=device, seed=_EVAL_SEED, num_classes=eval_num_classes,
+                            in_channels=in_channels, classes=eval_classes)
+        channels, memory["val"], info["val"] = prepared.channels, prepared.in_memory, prepared.info
+        classes = classes or prepared.info.classes
+        val = eval_loader(prepared)
+    if isinstance(section.gallery, DatasetSpec) and "gallery" in splits:
+        query = info.get("val")
+        prepared = _prepare(section.gallery, options, device=device, seed=_EVAL_SEED, num_classes=None,
+                            in_channels=in_channels,
+                            classes=query.classes if query is not None and query.labelled else None)
+        memory["gallery"], info["gallery"] = prepared.in_memory, prepared.info
+        gallery = eval_loader(prepared)
+    if built_train is not None and section.train is not None and "train_eval" in splits:
+        # kNN's default gallery: the training images through the validation pipeline.
+        pipeline = Pipeline([_build(t) for t in section.val.pipeline] if section.val is not None else [])
+        held = built_train.source if isinstance(built_train.source, _MemorySource) else None
+        source, size, _, _ = _source(built_train.dataset, pipeline, options, device, _EVAL_SEED,
+                                     built_train.channels, f"{section.train.loc} (through data.val's pipeline)",
+                                     memory=held)
+        info["train_eval"] = built_train.info
+        train_eval = EvalLoader(source, size=size, batch_size=eval_batch, rank=rank, world_size=world_size)
+    return Loaders(train, val, classes or (), channels, memory, gallery, train_eval, info)

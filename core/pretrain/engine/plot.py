@@ -15,14 +15,16 @@ from typing import Any
 
 from pretrain.engine.checkpoint import atomic_write_bytes
 
-__all__ = ["CurvePlotter", "plot_curves"]
+__all__ = ["CurvePlotter", "plot_confusion_matrix", "plot_curves"]
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+#: Percent metrics drawn in the validation panel.
+_PERCENT_PREFIXES = ("accuracy/", "knn/", "retrieval/")
 
 
 def _series(history: Sequence[dict[str, Any]]) -> tuple[list[float], dict[str, list[float]]]:
     epochs = [float(r["epoch"]) for r in history]
-    keys = sorted({k for r in history for k in r if k.startswith("accuracy/")})
+    keys = sorted({k for r in history for k in r if k.startswith(_PERCENT_PREFIXES)})
     metrics = {k: [float(r.get(k, float("nan"))) for r in history] for k in keys}
     return epochs, metrics
 
@@ -155,3 +157,46 @@ class CurvePlotter:
         if force or time.perf_counter() - self._last > self.every_s:
             plot_curves(history, self.path)
             self._last = time.perf_counter()
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str],
+) -> None:
+    """Write a confusion matrix (row = true class, column = predicted) as a PNG heat map.
+
+    Cells are shaded by the share of their row (the per-class recall on the diagonal);
+    counts are printed up to 20 classes and class names up to 30.
+    """
+    import io
+
+    from PIL import Image, ImageDraw
+
+    n = len(matrix)
+    if n == 0:
+        return
+    cell = max(1, min(40, 640 // n))
+    margin = 70 if n <= 30 else 20
+    side = margin + n * cell
+    top = 44 if n <= 30 else 24
+    img = Image.new("RGB", (side + 10, side + top), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((margin, 4), "confusion matrix: rows = true class, columns = predicted", fill="black")
+    if n <= 30:
+        for j in range(n):
+            name = str(classes[j]) if j < len(classes) else str(j)
+            draw.text((margin + j * cell + 2, 26), name[: max(1, cell // 7)], fill="black")
+    for i, row in enumerate(matrix):
+        total = max(1, sum(row))
+        for j, count in enumerate(row):
+            share = count / total
+            shade = (int(255 - 225 * share), int(255 - 180 * share), 255)  # white -> blue
+            x, y = margin + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline="#e0e0e0" if cell > 4 else None)
+            if n <= 20 and count:
+                draw.text((x + 3, y + cell // 3), str(count), fill="black" if share < 0.6 else "white")
+        if n <= 30:
+            name = str(classes[i]) if i < len(classes) else str(i)
+            draw.text((4, top + i * cell + cell // 3), name[:10], fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

@@ -139,7 +139,7 @@ class ProgressReporter:
         if not self.enabled:
             return
         parts = [f"epoch {record['epoch']}/{self.epochs}", f"train_loss {record['train_loss']:.4f}"]
-        parts += [f"{k} {v:.2f}" for k, v in record.items() if k.startswith("accuracy/")]
+        parts += [f"{k} {v:.2f}" for k, v in record.items() if k.startswith(("accuracy/", "knn/", "retrieval/"))]
         if "val_loss" in record:
             parts.append(f"val_loss {record['val_loss']:.4f}")
         parts.append(f"lr {record['lr']:.3e}")

@@ -6,6 +6,7 @@
       spec.toml                 the merged, validated spec this run trains (``--set`` applied)
       metrics.jsonl             one JSON object per epoch
       curves.png                train loss and validation metrics per epoch
+      confusion_matrix.png      classifiers: the last validation's confusion matrix
       .pretrain.lock            held (fcntl) while a run writes here: pid and host inside
       checkpoints/
         last.safetensors        weights of the last checkpoint (for ``pretrain eval``)
@@ -62,6 +63,7 @@ class RunDir:
         self.spec_file = self.path / "spec.toml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.plot_file = self.path / "curves.png"
+        self.confusion_file = self.path / "confusion_matrix.png"
         self.lock_file = self.path / ".pretrain.lock"
         self._lock_fd: int | None = None
 

@@ -47,22 +47,24 @@ from pretrain.engine.distributed import (
 )
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.evaluate import (
+    Evaluator,
     autocast_context,
-    evaluate_loss,
-    evaluate_model,
+    eval_splits,
     model_num_classes,
+    model_task,
+    record_metrics,
     to_memory_format,
 )
 from pretrain.engine.memory_format import guard_note, to_channels_last
 from pretrain.engine.optim import build_optimizer
-from pretrain.engine.plot import CurvePlotter
+from pretrain.engine.plot import CurvePlotter, plot_confusion_matrix
 from pretrain.engine.progress import ProgressReporter, print_run_header
 from pretrain.engine.run_state import RunState, describe_last_checkpoint, read_state, write_checkpoint
 from pretrain.engine.rundir import RunDir, RunDirError
 from pretrain.engine.schedule import LRSchedule, build_schedule
 from pretrain.errors import PretrainError
 from pretrain.registry.plugins import HookCaller, get_plugin_manager
-from pretrain.spec.sections import EvalSection, TrainSection, effective_topk, resolve_best_metric
+from pretrain.spec.sections import EvalSection, TrainSection, resolve_best_metric, retrieval_topk
 from pretrain.spec.validate import ValidatedSpec
 
 __all__ = ["NonFiniteLossError", "RunState", "Trainer"]
@@ -191,13 +193,17 @@ class Trainer:
             if guarded and d.is_main:
                 self.console.print(guard_note(guarded), highlight=False, markup=False)
         self.model = model
-        self.num_classes = model_num_classes(model)
-        self.best_metric = resolve_best_metric(cfg, has_classes=self.num_classes is not None)
+        self.num_classes, task, data = model_num_classes(model), model_task(model), self.spec.sections["data"]
+        k = retrieval_topk(self.eval_cfg, getattr(model, "topk", None))[0] if task == "retrieval" else None
+        self.best_metric = resolve_best_metric(cfg, has_classes=self.num_classes is not None, retrieval_k=k)
         self.loaders = build_loaders(
-            self.spec.sections["data"], device=self.device, distributed=d.distributed,
-            rank=d.rank, world_size=d.world_size, seed=seed, num_classes=self.num_classes,
-            in_channels=getattr(model, "in_channels", None),
+            data, device=self.device, distributed=d.distributed, rank=d.rank, world_size=d.world_size,
+            seed=seed, num_classes=self.num_classes, in_channels=getattr(model, "in_channels", None),
+            splits=("train", *eval_splits(data, self.eval_cfg, task)), retrieval=task == "retrieval",
         )
+        self.evaluator = Evaluator(loaders=self.loaders, data=data, cfg=self.eval_cfg, task=task,
+                                   num_classes=self.num_classes, device=self.device, dist=d,
+                                   precision=cfg.precision, channels_last=self.channels_last)
         if self.loaders.train is None:
             raise PretrainError("data: no training data", hint="Add a [data.train] table.")
         n_batches = len(self.loaders.train)
@@ -418,13 +424,7 @@ class Trainer:
         # BatchNorm statistics drift apart across DDP ranks between forwards; score (and
         # save) rank 0's, so every rank evaluates the weights in the checkpoint.
         broadcast_buffers(model, self.dist)
-        precision, cl = self.cfg.precision, self.channels_last
-        if self.num_classes is None:
-            return evaluate_loss(model, self.loaders.val, device=self.device, precision=precision,
-                                 channels_last=cl, dist_info=self.dist)
-        return evaluate_model(model, self.loaders.val, topk=effective_topk(self.eval_cfg, self.num_classes),
-                              num_classes=self.num_classes, device=self.device, precision=precision,
-                              channels_last=cl, dist_info=self.dist)
+        return self.evaluator(model)
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         st, cfg = self.state, self.cfg
@@ -438,9 +438,7 @@ class Trainer:
         self.last_eval = None
         if self.loaders.val is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or last_epoch):
             self.last_eval = self.evaluate()
-            record.update(
-                {k: v for k, v in self.last_eval.items() if k.startswith("accuracy/") or k == "val_loss"}
-            )
+            record.update(record_metrics(self.last_eval))
         record["epoch_time_s"] = round(self._epoch_time, 3)
         record["images_per_s"] = round(self._epoch_images / max(self._epoch_time, 1e-9), 1)
         st.history.append(record)
@@ -452,6 +450,8 @@ class Trainer:
             assert self.progress is not None
             self.progress.end_epoch(record)
             self._plotter.plot(st.history)
+            if self.last_eval is not None and "confusion_matrix" in self.last_eval:
+                plot_confusion_matrix(self.last_eval["confusion_matrix"], self.loaders.classes, self.run.confusion_file)
         self.hooks.call("pretrain_epoch_end", trainer=self, epoch=epoch + 1, metrics=record)
         return record
 

@@ -79,6 +79,8 @@ KIND_INFO: Final[dict[str, KindInfo]] = {
                  "labelled list of uint8 images"),
         KindInfo("transform", "pretrain.transforms", True, False, True, "BaseTransform",
                  "seeded per-sample image transform"),
+        KindInfo("metric", "pretrain.metrics", False, False, True, "BaseMetric",
+                 "evaluation metric: per-batch states, exact cross-rank reduction, named scalars"),
         KindInfo("optimizer", "pretrain.optimizers", False, False, True, "torch.optim.Optimizer",
                  "a torch.optim.Optimizer whose keyword-only fields come from [train.optimizer]",
                  "torch.optim.Optimizer", ("params",)),

@@ -19,6 +19,11 @@ A spec's data table, in full::
     type = "Digits"
     split = "val"
 
+    [data.gallery]           # retrieval and kNN: what the val queries are ranked against
+    type = "Digits"          # a dataset (through its own pipeline) ...
+    split = "train"
+    # embeddings = "gallery.safetensors"   # ... or features saved by `pretrain embed`
+
 Validation resolves the dataset and transform types through the registry and checks
 their fields; :mod:`pretrain.engine.data` turns the validated section into loaders.
 """
@@ -27,14 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pretrain.spec.context import ValidationContext
 
-__all__ = ["SPLITS", "DataOptions", "DataSection", "DatasetSpec", "json_schema", "validate_data_section"]
-
+__all__ = [
+    "SPLITS", "DataOptions", "DataSection", "DatasetSpec", "GalleryFile", "json_schema", "validate_data_section",
+]
 
 
 class DataOptions(BaseModel):
@@ -66,8 +73,8 @@ class DataOptions(BaseModel):
     drop_last: bool = Field(False, description="Drop each epoch's incomplete last training batch.")
 
 
-#: The splits a ``[data]`` table may hold.
-SPLITS = ("train", "val")
+#: The splits a ``[data]`` table may hold (``gallery``: retrieval and kNN).
+SPLITS = ("train", "val", "gallery")
 _SPLIT_KEYS = ("type", "pipeline")
 
 
@@ -88,19 +95,37 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class GalleryFile:
+    """``[data.gallery] embeddings = "file"``: a gallery saved by ``pretrain embed``.
+
+    Attributes:
+        path: The ``.safetensors`` file (``features`` (M, D), optional ``labels`` (M,)).
+        loc: Spec path, for error messages.
+
+    """
+
+    path: str
+    loc: str = "data.gallery"
+
+
+@dataclass(frozen=True)
 class DataSection:
     """The validated ``[data]`` table.
 
     Attributes:
         options: Batch size, workers, in-memory policy, ...
         train: Training dataset and pipeline, if given.
-        val: Validation dataset and pipeline, if given.
+        val: Validation dataset and pipeline, if given (the queries of retrieval and kNN).
+        gallery: What retrieval and kNN rank: a dataset and pipeline, or a saved
+            embeddings file; None (kNN then uses the training set through the
+            validation pipeline).
 
     """
 
     options: DataOptions
     train: DatasetSpec | None = None
     val: DatasetSpec | None = None
+    gallery: DatasetSpec | GalleryFile | None = None
 
 
 def _validate_split(value: Any, ctx: ValidationContext, loc: str) -> DatasetSpec | None:
@@ -116,6 +141,35 @@ def _validate_split(value: Any, ctx: ValidationContext, loc: str) -> DatasetSpec
     if node is None or len(ctx.issues) > before:
         return None
     return DatasetSpec(node, tuple(nodes), loc)
+
+
+def _validate_gallery(value: Any, ctx: ValidationContext, loc: str) -> DatasetSpec | GalleryFile | None:
+    if isinstance(value, Mapping) and "embeddings" in value:
+        extra = sorted(str(k) for k in value if k != "embeddings")
+        path = value["embeddings"]
+        if extra:
+            ctx.add(loc, f"a gallery is a dataset table or an embeddings file, not both: remove {', '.join(extra)} "
+                    "or embeddings")
+        elif not isinstance(path, str) or not path:
+            ctx.add(f"{loc}.embeddings", "must be the path of a .safetensors file written by `pretrain embed`")
+        elif not Path(path).expanduser().is_file():
+            ctx.add(f"{loc}.embeddings", f"file {path!r} does not exist; write one with `pretrain embed SPEC "
+                    "--weights W --split gallery -o FILE`, or give a dataset table instead")
+        else:
+            return GalleryFile(str(Path(path).expanduser()), loc)
+        return None
+    return _validate_split(value, ctx, loc)
+
+
+def _channels_agree(splits: Mapping[str, Any], ctx: ValidationContext, loc: str) -> None:
+    """Queries and gallery are compared feature by feature, so they must be images of one kind."""
+    val, gallery = splits.get("val"), splits.get("gallery")
+    if not (isinstance(val, DatasetSpec) and isinstance(gallery, DatasetSpec)):
+        return
+    ch_val, ch_gallery = (getattr(s.dataset, "params", {}).get("channels") for s in (val, gallery))
+    if ch_val is not None and ch_gallery is not None and ch_val != ch_gallery:
+        ctx.add(f"{loc}.gallery.channels", f"is {ch_gallery} but data.val has channels = {ch_val}; queries and "
+                "gallery must have the same channels (remove both to follow the model's in_channels)")
 
 
 def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -> DataSection | None:
@@ -139,13 +193,17 @@ def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -
         options = DataOptions.model_validate({k: v for k, v in raw.items() if k not in SPLITS})
     except ValidationError as exc:
         ctx.add_pydantic(exc, loc, DataOptions, known_fields=[*DataOptions.model_fields, *SPLITS])
-    splits = {name: _validate_split(raw[name], ctx, f"{loc}.{name}") for name in SPLITS if name in raw}
-    if not any(name in raw for name in SPLITS):
+    splits: dict[str, Any] = {
+        name: (_validate_gallery if name == "gallery" else _validate_split)(raw[name], ctx, f"{loc}.{name}")
+        for name in SPLITS if name in raw
+    }
+    _channels_agree(splits, ctx, loc)
+    if not any(name in raw for name in ("train", "val")):
         ctx.add(loc, "no dataset: add [data.train] and/or [data.val] tables, "
                 "e.g. [data.train] type = \"Digits\"")
     if options is None or len(ctx.issues) > before:
         return None
-    return DataSection(options, splits.get("train"), splits.get("val"))
+    return DataSection(options, splits.get("train"), splits.get("val"), splits.get("gallery"))
 
 
 def json_schema() -> dict[str, Any]:
@@ -182,7 +240,12 @@ def json_schema() -> dict[str, Any]:
         "oneOf": variants or [{"not": {}}],
         "discriminator": {"propertyName": "type", "mapping": mapping},
     }
-    schema["properties"].update({"train": split, "val": split})
+    embeddings = {"type": "object", "additionalProperties": False, "required": ["embeddings"],
+                  "properties": {"embeddings": {"type": "string",
+                                                "description": "features saved by `pretrain embed`"}}}
+    schema["properties"].update({"train": split, "val": split,
+                                 "gallery": {"oneOf": [split, embeddings],
+                                             "description": "The gallery of retrieval and kNN."}})
     schema["title"] = "data"
     return schema
 

@@ -43,22 +43,47 @@ from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ComponentNode, ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
+from pretrain.spec.eval_section import (
+    DEFAULT_METRICS,
+    EvalSection,
+    ExactSearch,
+    FaissSearch,
+    KNNConfig,
+    SearchConfig,
+    Task,
+    check_eval_section,
+    effective_topk,
+    eval_json_schema,
+    known_metrics,
+    metric_nodes,
+    retrieval_topk,
+)
 
 __all__ = [
+    "DEFAULT_METRICS",
     "ConstantSchedule",
     "CosineSchedule",
     "CustomKey",
     "EMAConfig",
     "EvalSection",
+    "ExactSearch",
+    "FaissSearch",
+    "KNNConfig",
     "MultiStepSchedule",
     "ParamwiseConfig",
     "ScheduleConfig",
+    "SearchConfig",
     "StepSchedule",
+    "Task",
     "TrainSection",
     "check_against_model",
+    "check_best_metric",
     "effective_topk",
     "json_schemas",
+    "known_metrics",
+    "metric_nodes",
     "resolve_best_metric",
+    "retrieval_topk",
     "section_json_schemas",
     "validate_sections",
 ]
@@ -266,27 +291,18 @@ class TrainSection(_Strict):
         return self
 
 
-class EvalSection(_Strict):
-    """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
-
-    topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        default=(1, 5), min_length=1,
-        description="Report accuracy/top{k} (percent) for each k. Unset: (1, 5), without the k "
-        "larger than the model's class count; an explicit k above it is an error.",
-    )
-    per_class: bool = Field(default=True, description="Also compute per-class accuracy.")
-
-
 #: Sections owned by the engine, with their pydantic models (``data`` lives in data.py).
 _SECTION_MODELS: dict[str, type[BaseModel]] = {"train": TrainSection, "eval": EvalSection}
 
 
-def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[str, Any]:
+def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext, *, check_best: bool = True) -> dict[str, Any]:
     """Validate the engine tables of a spec (``data``, ``train``, ``eval``).
 
     Args:
         raw: The whole merged spec.
         ctx: The core's validation context; issues are added to it with their paths.
+        check_best: Check ``train.best_metric`` against every task's metrics; the spec
+            validator turns it off when it checks against the model's task instead.
 
     Returns:
         The validated section objects keyed by table name (only the valid ones).
@@ -313,20 +329,25 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
             optimizer = ctx.component("optimizer", table.pop("optimizer"), "train.optimizer")
             table["optimizer"] = optimizer if optimizer is not None else {}
         try:
-            section = model.model_validate(table)
+            validated = model.model_validate(table)
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
             continue
         if model is not TrainSection or optimizer is not None:
-            out[name] = section
+            out[name] = validated
+    section = out.get("eval")
+    if isinstance(section, EvalSection):
+        check_eval_section(section, ctx)
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)
+        if check_best:
+            check_best_metric(train, section if isinstance(section, EvalSection) else None, ctx)
     return out
 
 
 def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationContext) -> None:
-    """Checks that span fields: schedule milestones vs epochs, best metric vs eval top-k."""
+    """Checks that span fields: schedule milestones vs epochs (best metric: check_against_model)."""
     sched = train.schedule
     if isinstance(sched, MultiStepSchedule) and sched.milestones and (sched.milestones[-1] > train.epochs):
         ctx.add(
@@ -335,31 +356,27 @@ def _cross_checks(raw: Mapping[str, Any], train: TrainSection, ctx: ValidationCo
         )
     if sched.warmup_epochs > train.epochs:
         ctx.add("train.schedule.warmup_epochs", f"longer than the run ({train.epochs} epochs)")
-    eval_raw = raw.get("eval")
-    topk = (1, 5)
-    if isinstance(eval_raw, Mapping) and isinstance(eval_raw.get("topk"), list | tuple):
-        topk = tuple(eval_raw["topk"])
-    known = [*(f"accuracy/top{k}" for k in topk), "val_loss"]
-    if train.best_metric is not None and train.best_metric not in known:
-        ctx.add(
-            "train.best_metric",
-            f"{train.best_metric!r} is not a validation metric{did_you_mean(train.best_metric, known)} "
-            f"(known: {', '.join(known)}; accuracies come from eval.topk)",
-        )
 
 
-def resolve_best_metric(train: TrainSection, *, has_classes: bool) -> tuple[str, Literal["max", "min"]]:
+def resolve_best_metric(
+    train: TrainSection, *, has_classes: bool, retrieval_k: int | None = None,
+) -> tuple[str, Literal["max", "min"]]:
     """The metric that picks the best checkpoint, and whether larger is better: decided here only.
 
-    Unset, it is ``accuracy/top1`` for a model that predicts dataset classes and
-    ``val_loss`` for one that does not (self-supervised); an unset mode is ``min`` for
-    a loss and ``max`` for anything else.
+    Unset, it is ``retrieval/Recall@{k}`` (the first K) for a retriever,
+    ``accuracy/top1`` for a model that predicts dataset classes and ``val_loss`` for
+    one that does not (self-supervised; ``knn/top1`` is there to choose); an unset
+    mode is ``min`` for a loss and ``max`` for anything else.
 
     Raises:
         PretrainError: An accuracy was asked for but the model predicts no classes.
 
     """
-    metric = train.best_metric or ("accuracy/top1" if has_classes else "val_loss")
+    if retrieval_k is not None:
+        default = f"retrieval/Recall@{retrieval_k}"
+    else:
+        default = "accuracy/top1" if has_classes else "val_loss"
+    metric = train.best_metric or default
     if metric.startswith("accuracy/") and not has_classes:
         raise PretrainError(
             f"train.best_metric: {metric!r} needs a model that predicts dataset classes, but this "
@@ -370,24 +387,75 @@ def resolve_best_metric(train: TrainSection, *, has_classes: bool) -> tuple[str,
     return metric, mode
 
 
-def effective_topk(section: EvalSection, num_classes: int) -> tuple[int, ...]:
-    """The k of ``accuracy/top{k}``: as given, or the default (1, 5) without k > ``num_classes``."""
-    if "topk" in section.model_fields_set:
-        return section.topk
-    return tuple(k for k in section.topk if k <= num_classes) or (1,)
+def check_against_model(
+    sections: Mapping[str, Any], num_classes: int | None, ctx: ValidationContext, *,
+    task: Task | None = None, model_topk: int | None = None,
+) -> None:
+    """Checks between the model and the sections.
 
-
-def check_against_model(sections: Mapping[str, Any], num_classes: int | None, ctx: ValidationContext) -> None:
-    """Checks between the model and the sections: an explicit ``eval.topk`` above the class count."""
+    An explicit ``eval.topk`` above the class count (classifiers) or the retriever's
+    ``topk``; metrics of another task than the model's; a retriever without a gallery;
+    kNN without validation data; a ``train.best_metric`` the evaluation does not report.
+    """
+    task = task or ("classification" if num_classes is not None else "selfsup")
     section = sections.get("eval")
-    if num_classes is None or not isinstance(section, EvalSection) or "topk" not in section.model_fields_set:
-        return
-    bad = [k for k in section.topk if k > num_classes]
-    if bad:
+    section = section if isinstance(section, EvalSection) else None
+    explicit = section is not None and "topk" in section.model_fields_set
+    limit, what = (model_topk, "the retriever returns topk") if task == "retrieval" else (
+        num_classes, "the model predicts")
+    if explicit and limit is not None and section is not None and max(section.topk) > limit:
+        kind = "retrieval" if task == "retrieval" else "accuracy"
         ctx.add(
             "eval.topk",
-            f"asks for top-{max(bad)} accuracy, but the model predicts {num_classes} classes; "
-            f"use values <= {num_classes} (e.g. topk = [1])",
+            f"asks for top-{max(section.topk)} {kind}, but {what} {limit} "
+            f"{'items' if task == 'retrieval' else 'classes'}; use values <= {limit} (e.g. topk = [1])",
+        )
+    before = len(ctx.issues)
+    nodes = metric_nodes(section, task, ctx)
+    if section is not None and section.metrics is not None:
+        model_is = {"classification": "a classifier", "retrieval": "a retriever",
+                    "selfsup": "self-supervised (it reports val_loss and knn/*)"}[task]
+        for node in nodes:
+            wanted = getattr(node.cls, "task", "classification")
+            if wanted != task:
+                ctx.add(f"{node.loc}.type", f"{node.type_name} scores {wanted}, but the model is {model_is}; "
+                        "remove it or use a metric for this model")
+    data = sections.get("data")
+    if data is not None and getattr(data, "val", None) is not None:
+        if task == "retrieval" and getattr(data, "gallery", None) is None:
+            ctx.add("data.gallery", "the model is a retriever: give the gallery its queries (data.val) are "
+                    "ranked against, as a dataset table (e.g. type = \"Digits\", split = \"train\") or "
+                    'a saved embeddings file (embeddings = "gallery.safetensors")')
+    elif data is not None and section is not None and section.knn is not None:
+        ctx.add("eval.knn", "kNN scores the validation data: add a [data.val] table")
+    if (data is not None and section is not None and section.knn is not None
+            and getattr(data, "gallery", None) is None and getattr(data, "train", None) is None):
+        ctx.add("eval.knn", "kNN votes with a labelled gallery: add [data.gallery], or [data.train] (used "
+                "through the validation pipeline)")
+    train = sections.get("train")
+    if isinstance(train, TrainSection) and len(ctx.issues) == before:
+        check_best_metric(train, section, ctx, task=task, num_classes=num_classes, model_topk=model_topk)
+
+
+def check_best_metric(
+    train: TrainSection, section: EvalSection | None, ctx: ValidationContext, *, task: Task | None = None,
+    num_classes: int | None = None, model_topk: int | None = None,
+) -> None:
+    """``train.best_metric`` must be a scalar the evaluation reports (of any task while the model is unknown)."""
+    best = train.best_metric
+    if best is None or any(i.loc == "train.best_metric" for i in ctx.issues):
+        return
+    tasks: tuple[Task, ...] = (task,) if task is not None else ("classification", "retrieval", "selfsup")
+    known = list(dict.fromkeys(
+        name for t in tasks
+        for name in known_metrics(section, task=t, num_classes=num_classes, model_topk=model_topk, ctx=ctx)
+    ))
+    if best not in known:
+        of = "this model" if task is not None else "any model"
+        ctx.add(
+            "train.best_metric",
+            f"{best!r} is not a validation metric of {of}{did_you_mean(best, known)} "
+            f"(known: {', '.join(known)}; the k of accuracies and retrieval metrics come from eval.topk)",
         )
 
 
@@ -397,7 +465,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     A component field (``train.optimizer``) is a ``#/$defs/<kind>`` reference into the
     spec schema, whose definitions list every installed component of that kind.
     """
-    return {name: _kind_refs(model.model_json_schema()) for name, model in _SECTION_MODELS.items()}
+    return {"train": _kind_refs(TrainSection.model_json_schema()), "eval": _kind_refs(eval_json_schema())}
 
 
 def _kind_refs(node: Any) -> Any:

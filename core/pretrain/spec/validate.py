@@ -13,9 +13,9 @@ from pretrain.errors import SpecError, SpecIssue, did_you_mean
 from pretrain.registry.plugins import load_plugins
 from pretrain.registry.registry import Registry
 from pretrain.spec.context import ComponentNode, ValidationContext
-from pretrain.spec.sections import check_against_model, validate_sections
+from pretrain.spec.sections import Task, check_against_model, validate_sections
 
-__all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "validate_spec"]
+__all__ = ["ComponentNode", "ValidatedSpec", "ValidationContext", "spec_num_classes", "spec_task", "validate_spec"]
 
 #: Top-level tables a spec may have. ``model`` is required.
 TOP_LEVEL = ("model", "data", "train", "eval", "name", "description")
@@ -56,6 +56,16 @@ def spec_num_classes(model: ComponentNode) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def spec_task(model: ComponentNode) -> Task:
+    """What evaluating the spec's model scores: ``retrieval``, ``classification`` or ``selfsup``.
+
+    Mirrors :func:`pretrain.engine.evaluate.model_task` on the built model.
+    """
+    if getattr(model.cls, "eval_task", None) == "retrieval":
+        return "retrieval"
+    return "classification" if spec_num_classes(model) is not None else "selfsup"
+
+
 def validate_spec(
     raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
 ) -> ValidatedSpec:
@@ -91,9 +101,11 @@ def validate_spec(
         model = ctx.component("model", raw["model"], "model")
     sections: dict[str, Any] = {}
     if any(k in raw for k in ENGINE_SECTIONS):
-        sections = validate_sections(raw, ctx)
+        sections = validate_sections(raw, ctx, check_best=model is None)
         if model is not None:
-            check_against_model(sections, spec_num_classes(model), ctx)
+            topk = model.params.get("topk") if spec_task(model) == "retrieval" else None
+            check_against_model(sections, spec_num_classes(model), ctx, task=spec_task(model),
+                                model_topk=topk if isinstance(topk, int) else None)
     if ctx.issues or model is None:
         raise SpecError(ctx.issues, source=source)
     return ValidatedSpec(dict(raw), model, sections, source)

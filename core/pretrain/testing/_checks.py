@@ -184,6 +184,9 @@ def check_forward_contract(subject: Subject) -> None:
     """Types and shapes of the kind's calls (tuple conventions, loss dicts, (N, C) scores)."""
     name = "check_forward_contract"
     inst = subject.build()
+    if subject.kind == "metric":
+        _check_metric(subject, inst)
+        return
     args = subject.example_inputs(inst)
     kind = subject.kind
     inst.eval()
@@ -209,6 +212,39 @@ def check_forward_contract(subject: Subject) -> None:
                 and all(isinstance(o, torch.Tensor) and o.shape == a.shape for o, a in zip(out, args, strict=True))):
             raise subject.fail(name, f"forward returned {shape_of(out)} for inputs {shape_of(args)}",
                                "Return (images, dense_targets) with the input shapes.")
+
+
+def _check_metric(subject: Subject, inst: Any) -> None:
+    """Reset -> update (twice) -> compute; the scalars are floats named as ``metric_names`` says."""
+    from pretrain.components import MetricContext, MetricInputs, MetricResult
+
+    name, n, classes, topk = "check_forward_contract", BATCH, 5, (1, 2)
+    retrieval = getattr(inst, "task", "classification") == "retrieval"
+    context = MetricContext(num_classes=None if retrieval else classes, topk=topk, device=torch.device("cpu"))
+    call(subject, name, "reset(context)", lambda: inst.reset(context))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        if retrieval:
+            relevance = torch.rand(n, 4, generator=gen) > 0.5
+            inputs = MetricInputs(relevance=relevance, num_relevant=relevance.sum(1) + 1)
+        else:
+            inputs = MetricInputs(scores=torch.rand(n, classes, generator=gen).softmax(1),
+                                  labels=torch.randint(0, classes, (n,), generator=gen))
+        call(subject, name, "update(inputs)", functools.partial(inst.update, inputs))
+    bad = [k for k in inst.states if k not in getattr(inst, "reductions", {})]
+    if bad:
+        raise subject.fail(name, f"states {bad} have no reduction", "Declare every state with add_state().")
+    result = call(subject, name, "compute()", inst.compute)
+    if not isinstance(result, MetricResult):
+        raise subject.fail(name, f"compute() returned {type(result).__name__}", "Return a MetricResult.")
+    if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in result.scalars.values()):
+        raise subject.fail(name, f"compute() scalars are not all numbers: {result.scalars}",
+                           "Report Python floats (call .item() or float() in compute).")
+    declared = list(type(inst).metric_names(subject.params, topk))
+    if sorted(declared) != sorted(result.scalars):
+        raise subject.fail(name, f"metric_names() says {declared} but compute() reported {sorted(result.scalars)}",
+                           "Make metric_names() list exactly the scalar keys compute() returns "
+                           "(train.best_metric is checked against it).")
 
 
 def _check_head(subject: Subject, inst: Any, args: tuple[Any, ...]) -> None:
@@ -430,6 +466,8 @@ def checks_for_kind(kind: str) -> Iterator[str]:
         yield from ("check_documentation", "check_import_side_effects")
         return
     yield from ("check_schema", "check_documentation", "check_example_config", "check_import_side_effects")
+    if kind == "metric":
+        yield "check_forward_contract"
     if kind not in MODULE_KINDS:
         return
     yield "check_forward_contract"

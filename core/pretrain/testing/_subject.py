@@ -34,7 +34,7 @@ import torch
 
 from pretrain.assembly.assemble import build_node
 from pretrain.errors import PretrainError
-from pretrain.registry.kinds import KINDS
+from pretrain.registry.kinds import KIND_INFO, KINDS
 from pretrain.registry.registry import RUNTIME_DISTRIBUTION, EntryRecord, get_registry
 from pretrain.registry.schema import SchemaDerivationError, component_schema
 from pretrain.spec.validate import ComponentNode, ValidationContext
@@ -43,6 +43,11 @@ __all__ = ["ComponentCheckError", "Subject", "resolve_subject"]
 
 #: Kinds whose forward contract the kit exercises (it knows how to call each one).
 MODULE_KINDS = ("model", "backbone", "neck", "head", "loss", "target_generator", "batch_augment")
+
+#: Example values of the constructor arguments the engine passes (``KindInfo.runtime_args``).
+_RUNTIME_EXAMPLES: dict[str, Any] = {
+    "params": lambda: [torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.zeros(4))],
+}
 
 #: Batch size of example inputs (batch independence compares it with single samples).
 BATCH = 2
@@ -158,6 +163,9 @@ class Subject:
         node = self.node if table is None else self.validate(table, check)
         torch.manual_seed(seed)
         try:
+            runtime = KIND_INFO[self.kind].runtime_args
+            if runtime:  # arguments the engine passes (an optimizer's parameter groups)
+                return self.cls(*(_RUNTIME_EXAMPLES[name]() for name in runtime), **node.params)
             return build_node(node)
         except PretrainError as exc:  # a user-facing error, e.g. data files that are not there
             raise self.fail(

@@ -1,0 +1,1 @@
+"""First-party components; registered only through entry points."""
