@@ -43,6 +43,7 @@ from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
+from pretrain.spec.values import MISSING
 
 __all__ = [
     "AdamConfig",
@@ -68,8 +69,20 @@ __all__ = [
     "validate_sections",
 ]
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Hyper-parameters are finite: pydantic would accept `lr = inf` and `nan` for a plain float.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+#: Sanity bounds: far above any real run, low enough that a typo (an extra digit
+#: group, `1e9` for `1e3`) fails validation instead of running for years or
+#: allocating terabytes.
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 10**12
+MAX_GRAD_ACCUM = 65_536
+MAX_THREADS = 4_096
+MAX_TOPK = 100_000
+#: Seeds are 63-bit (torch, numpy and the data order all take them).
+MAX_SEED = 2**63 - 1
 
 
 class _Strict(BaseModel):
@@ -254,8 +267,8 @@ class EMAConfig(_Strict):
 class TrainSection(_Strict):
     """The ``[train]`` table: how to optimise the model."""
 
-    epochs: Annotated[int, Field(gt=0)] = Field(description="Number of passes over the data.")
-    max_steps: Annotated[int, Field(gt=0)] | None = Field(
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = Field(description="Number of passes over the data.")
+    max_steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = Field(
         default=None,
         description="Stop after this many optimizer steps in total (smoke runs); the "
         "schedule is stretched over min(epochs * steps_per_epoch, max_steps).",
@@ -276,19 +289,21 @@ class TrainSection(_Strict):
     grad_clip: PositiveFloat | None = Field(
         default=None, description="Clip the global L2 norm of the gradients to this value."
     )
-    grad_accum: Annotated[int, Field(gt=0)] = Field(
+    grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = Field(
         default=1, description="Micro-batches accumulated per optimizer step."
     )
     ema: EMAConfig | None = Field(default=None, description="Exponential moving average of the weights.")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
-    cpu_threads: Annotated[int, Field(ge=1)] | None = Field(
+    cpu_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = Field(
         default=None,
         description=(
             "torch intra-op threads on CPU (default: torch's choice). 1 is far faster for small "
             "models when other processes share the cores."
         ),
     )
-    seed: int = Field(default=0, description="Seed of initialisation, data order and augmentation.")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(
+        default=0, description="Seed of initialisation, data order and augmentation (0 to 2**63 - 1)."
+    )
     deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
     sync_bn: bool = Field(
         default=False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
@@ -325,8 +340,8 @@ class TrainSection(_Strict):
 class EvalSection(_Strict):
     """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
 
-    topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        default=(1, 5), min_length=1,
+    topk: tuple[Annotated[int, Field(gt=0, le=MAX_TOPK)], ...] = Field(
+        default=(1, 5), min_length=1, max_length=16,
         description="Report accuracy/top{k} (percent) for each k. Unset: (1, 5), without the k "
         "larger than the model's class count; an explicit k above it is an error.",
     )
@@ -366,6 +381,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
             out[name] = model.model_validate(dict(value))
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
+        ctx.check_values(value, out.get(name, MISSING), name)
     train = out.get("train")
     if isinstance(train, TrainSection):
         _cross_checks(raw, train, ctx)

@@ -57,7 +57,8 @@ def spec_num_classes(model: ComponentNode) -> int | None:
 
 
 def validate_spec(
-    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
+    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None,
+    check_files: bool = True,
 ) -> ValidatedSpec:
     """Validate a merged spec (see :func:`pretrain.load_spec`).
 
@@ -65,6 +66,8 @@ def validate_spec(
         raw: The spec as data.
         registry: Registry to resolve types in (process-wide by default).
         source: File name for messages.
+        check_files: Check that the files the spec names (``Pretrained`` checkpoints)
+            exist; turn off to check a spec whose checkpoint another run will write.
 
     Returns:
         The validated spec.
@@ -73,7 +76,7 @@ def validate_spec(
         SpecError: With every issue found, each with its spec path.
 
     """
-    ctx = ValidationContext(registry)
+    ctx = ValidationContext(registry, check_files=check_files)
     load_plugins(ctx.registry)
     if not isinstance(raw, Mapping):
         raise SpecError([SpecIssue("", "a spec must be a table/object")], source=source)
