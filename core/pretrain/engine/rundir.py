@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.engine.checkpoint import atomic_write_bytes
+from pretrain.engine.checkpoint import CheckpointError, atomic_write_bytes, read_metadata_json
 from pretrain.errors import PretrainError
 
 __all__ = ["RunDir", "RunDirError"]
@@ -186,12 +186,23 @@ class RunDir:
             checkpoint at all (the run starts fresh).
 
         Raises:
-            RunDirError: Weights files exist but their state file is missing (nothing is
-                touched: ``best``/``last``/``metrics.jsonl`` stay as they are).
+            RunDirError: Weights files exist but their state file is missing, or the
+                state file is damaged (nothing is touched: ``best``/``last``/``metrics.jsonl``
+                stay as they are).
 
         """
         self.check_usable()
         if self.state_file.exists():
+            try:  # the header only: read_state verifies the whole file before using it
+                read_metadata_json(self.state_file)
+            except CheckpointError as exc:
+                raise RunDirError(
+                    f"cannot resume {self.path}: its state file is damaged ({exc.message}); "
+                    "nothing was changed.",
+                    hint="Restore checkpoints/last.state.safetensors from a copy, or start a new run "
+                    "in another directory, initialising the model from checkpoints/last.safetensors "
+                    "(or best) with a Pretrained init rule.",
+                ) from exc
             return True
         if self.has_checkpoint():
             found = [p.name for p in (self.last_weights, self.best_weights) if p.exists()]
@@ -242,8 +253,15 @@ class RunDir:
         """Take the lock (see :meth:`locked`)."""
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot use the run directory {self.path}: {exc.strerror or exc} "
+                f"({exc.filename or self.lock_file})",
+                hint="Choose a directory you can write to with --run-dir.",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
