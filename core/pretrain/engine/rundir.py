@@ -104,10 +104,18 @@ class RunDir:
         return any(p.exists() for p in (self.state_file, self.last_weights, self.best_weights))
 
     def foreign_entries(self) -> list[str]:
-        """Entries of the directory that no run writes (the user's own files)."""
+        """Entries of the directory that no run wrote (the user's own files).
+
+        Only a directory a run has claimed (it holds ``.pretrain.lock``, created before
+        anything else) can hold a run's files: elsewhere every entry is the user's,
+        ``spec.toml`` included (``pretrain train spec.toml --run-dir .``).
+        """
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN_FILES)
+        names = sorted(p.name for p in self.path.iterdir())
+        if not self.lock_file.exists():
+            return names
+        return [name for name in names if name not in _OWN_FILES]
 
     def read_spec(self) -> dict[str, Any] | None:
         """The spec an earlier run wrote, if any."""
@@ -225,6 +233,7 @@ class RunDir:
             RunDirError: See :meth:`check_fresh_start`, :meth:`check_resumable`, :meth:`acquire_lock`.
 
         """
+        self.check_not_locked()  # a running run is the first thing to report, whatever else is here
         if resume:
             resuming = self.check_resumable()
         else:
@@ -232,6 +241,26 @@ class RunDir:
             resuming = False
         self.acquire_lock()
         return resuming
+
+    def check_not_locked(self) -> None:
+        """Refuse a directory another live process holds, without creating anything.
+
+        Raises:
+            RunDirError: The lock file exists and is held (its pid and host are named).
+
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR)
+        except OSError:  # no lock file (or none we may open): acquire_lock decides
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._in_use(fd) from None
+        finally:
+            os.close(fd)  # closing releases a lock taken here
 
     # ------------------------------------------------------------------ lock
 
@@ -265,16 +294,20 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            error = self._in_use(fd)
             os.close(fd)
-            raise RunDirError(
-                f"the run directory {self.path} is in use by a running `pretrain train` ({holder}); "
-                "two runs writing one directory would overwrite each other's checkpoints.",
-                hint="Wait for that run to finish, stop it, or use another --run-dir.",
-            ) from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _in_use(self, fd: int) -> RunDirError:
+        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+        return RunDirError(
+            f"the run directory {self.path} is in use by a running `pretrain train` ({holder}); "
+            "two runs writing one directory would overwrite each other's checkpoints.",
+            hint="Wait for that run to finish, stop it, or use another --run-dir.",
+        )
 
     def release_lock(self) -> None:
         """Release the lock (the file stays; it is empty when no run holds it)."""
