@@ -184,8 +184,7 @@ def deepest_path(data: Any, limit: int = MAX_DEPTH) -> str | None:
             continue
         for key, value in children:
             if len(path) >= limit:
-                shown = [*path[:6], "..."]
-                return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".")
+                return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[:6]).lstrip(".") + "..."
             stack.append((value, (*path, key)))
     return None
 

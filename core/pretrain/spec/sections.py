@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ValidationContext
@@ -328,13 +328,13 @@ class TrainSection(_Strict):
         description="Whether larger is better; default: min for val_loss, max for accuracies.",
     )
 
-    @model_validator(mode="after")
-    def _device(self) -> TrainSection:
-        d = self.device
-        ok = d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())
+    @field_validator("device")
+    @classmethod
+    def _device(cls, d: str) -> str:
+        ok = d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit())
         if not ok:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
-        return self
+        return d
 
 
 class EvalSection(_Strict):
