@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pretrain.assembly.weights_file import CheckpointError, check_tensors, read_safetensors
+from pretrain.assembly.weights_file import (
+    CheckpointError,
+    check_tensors,
+    looks_like_torch_save,
+    read_safetensors,
+)
 from pretrain.errors import PretrainError
 from pretrain.spec.init_rules import checkpoint_problem
 
@@ -77,6 +82,12 @@ def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor
             state = {k: v.to(rule.map_location) for k, v in state.items()}
         return state
     if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
+        if not looks_like_torch_save(path):
+            raise PretrainError(
+                f"{loc}: {str(path)!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).",
+                hint="Point `checkpoint` at the weights file as downloaded or saved; it may be truncated "
+                "or another kind of file.",
+            )
         try:
             obj = torch.load(path, map_location=rule.map_location, weights_only=True)
         except Exception as exc:

@@ -35,6 +35,7 @@ __all__ = [
     "DIGEST_KEY",
     "CheckpointError",
     "check_tensors",
+    "looks_like_torch_save",
     "read_header",
     "read_safetensors",
     "split_safetensors",
@@ -87,6 +88,16 @@ def _foreign_format(blob: bytes) -> str | None:
     if blob[:2] == b"\x1f\x8b":
         return "a gzip archive"
     return None
+
+
+def looks_like_torch_save(path: str | os.PathLike[str]) -> bool:
+    """Whether a file starts like ``torch.save`` output (a zip archive or a pickle)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def split_safetensors(path: Path, blob: bytes) -> tuple[dict[str, Any], memoryview]:

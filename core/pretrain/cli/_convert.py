@@ -172,7 +172,7 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
 
     import torch
 
-    from pretrain.assembly.weights_file import read_safetensors
+    from pretrain.assembly.weights_file import looks_like_torch_save, read_safetensors
     from pretrain.spec.init_rules import checkpoint_problem
 
     if not path.exists() and not path.is_symlink():
@@ -187,6 +187,12 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
         raise PretrainError(
             f"{path}: unknown weight file type {suffix or '(no extension)'!r}.",
             hint=f"Use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}.",
+        )
+    if not looks_like_torch_save(path):
+        raise PretrainError(
+            f"{path} is not a readable PyTorch checkpoint (it is neither a torch.save zip archive "
+            "nor a pickle).",
+            hint="Pass the weights file as downloaded; it may be truncated or another kind of file.",
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
