@@ -181,6 +181,35 @@ def test_a_two_class_dataset_with_the_default_eval_trains(tmp_path: Path, capsys
     assert not (tmp_path / "run5").exists()
 
 
+# ----------------------------------------------------------------------------- item 9: wording
+
+
+def test_a_full_disk_names_the_file_and_loses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    spec, run = _quick_spec(tmp_path), tmp_path / "run"
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    res = cli(capsys, "train", spec, "--run-dir", run, "--plain")
+    assert_clear_error(res, f"cannot write {run / 'spec.toml'}: No space left on device", "Free space", "--resume")
+    assert not any(p.name.startswith(".spec.toml.tmp") for p in run.iterdir())
+
+
+def test_a_non_finite_loss_with_no_checkpoint_does_not_suggest_resuming(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = tiny_spec(max_steps=4)
+    raw["model"]["head"]["loss"] = {"type": "CrossEntropyLoss", "loss_weight": 1e300}  # inf in float32
+    res = cli(capsys, "train", write_spec(tmp_path / "s.toml", raw), "--run-dir", tmp_path / "run", "--plain")
+    assert_clear_error(res, "the loss became inf at step 1", "nothing to resume from")
+    assert "--resume" not in res.flat
+
+
 # ----------------------------------------------------------------------------- item 6: Pretrained
 
 
