@@ -93,6 +93,10 @@ def test_plugins_calling_sys_exit_at_import_cannot_silence_the_tool(
     assert_clear_error(cli(capsys, "validate", bad), "model.backbone.type", "exit-comps 0.2", "SystemExit(2)")
     res = cli(capsys, "plugins")
     assert res.code == 0 and "exit-hooks" in res.flat, res.err
+    res = cli(capsys, "schema", "-o", tmp_path / "schema.json")
+    assert res.code == 0 and (tmp_path / "schema.json").stat().st_size > 1000, res.err
+    res = cli(capsys, "train", _quick_spec(tmp_path), "--run-dir", tmp_path / "run", "--plain")
+    assert res.code == 0 and "skipped a broken plugin" in res.flat and "exit-hooks 0.1" in res.flat, res.err
 
 
 def test_a_hook_raising_in_epoch_end_names_its_plugin(
