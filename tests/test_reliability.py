@@ -114,6 +114,28 @@ def test_a_hook_raising_in_epoch_end_names_its_plugin(
     assert (run / "checkpoints" / "last.safetensors").is_file()  # written before the hook ran
 
 
+def test_a_component_plugin_failing_at_run_time_is_named_not_reported_as_ours(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_dist(site, "boom-nets", version="0.3", entry_points={"pretrain.backbones": {"BoomNet": "fakeplug_boom:BoomNet"}},
+               modules={"fakeplug_boom.py": (
+                   "from pretrain.components import BaseBackbone\n"
+                   "from torch import nn\n"
+                   "class BoomNet(BaseBackbone):\n"
+                   "    def __init__(self) -> None:\n"
+                   "        super().__init__()\n"
+                   "        self.conv = nn.Conv2d(1, 32, 3, padding=1)\n"
+                   "    def forward(self, x):\n"
+                   "        if x.device.type != 'meta':  # passes the shape check, fails on data\n"
+                   "            raise ValueError('boom on real data')\n"
+                   "        return (self.conv(x),)\n")})
+    raw = tiny_spec(max_steps=2)
+    raw["model"]["backbone"] = {"type": "BoomNet"}
+    res = cli(capsys, "train", write_spec(tmp_path / "s.toml", raw), "--run-dir", tmp_path / "run", "--plain")
+    assert_clear_error(res, "ValueError raised inside plugin module fakeplug_boom (distribution boom-nets 0.3)",
+                       "boom on real data", "report it to its authors")
+
+
 # ----------------------------------------------------------------------------- item 4: run directories
 
 
