@@ -65,8 +65,9 @@ def test_failed_write_leaves_previous_file(tmp_path: Path, monkeypatch: pytest.M
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ckpt.WriteError, match="disk full") as info:
         ckpt.save_tensors(path, _tensors(1), {"v": "new"})
+    assert str(path) in info.value.message  # the file is named
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert calls["n"] == 1
     back, meta = ckpt.load_tensors(path)
@@ -142,6 +143,9 @@ def test_flipped_byte_fails_the_checksum(tmp_path: Path) -> None:
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
+        ckpt.load_tensors(junk)
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         ckpt.load_tensors(junk)
     with pytest.raises(CheckpointError, match="does not exist"):

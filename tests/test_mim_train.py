@@ -24,7 +24,7 @@ MIM_SPECS = ["maskfeat_vit-tiny_digits.toml", "simmim_swin-tiny_digits.toml", "b
 
 @pytest.mark.parametrize("name", MIM_SPECS)
 def test_mim_example_specs_validate(name: str) -> None:
-    validate_spec(load_spec(str(SPECS / name)))
+    validate_spec(load_spec(str(SPECS / name)), check_files=False)  # checkpoints of other runs
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:

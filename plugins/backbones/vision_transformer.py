@@ -53,6 +53,9 @@ InterpolateMode = Literal["bicubic", "bilinear", "nearest"]
 
 #: Keys a custom ``arch`` table must have (all positive integers).
 ARCH_KEYS = ("embed_dims", "num_layers", "num_heads", "feedforward_channels")
+#: Most encoder layers a custom arch may have: the deepest published ViTs have under
+#: 100, and the shape check of a deeper one would take minutes (``num_layers = 1e6``).
+MAX_LAYERS = 256
 
 # ----------------------------------------------------------------------------- backbone
 
@@ -266,6 +269,12 @@ class VisionTransformer(BaseBackbone):
             bad = [k for k in ARCH_KEYS if not isinstance(arch[k], int) or arch[k] <= 0]
             if bad:
                 yield "arch", f"{', '.join(bad)} must be positive integers"
+                return
+            if arch["num_layers"] > MAX_LAYERS:
+                yield "arch", (
+                    f"num_layers = {arch['num_layers']} is above {MAX_LAYERS}, the most a ViT may have "
+                    "here (published ViTs have fewer than 100 layers)"
+                )
                 return
             if arch["embed_dims"] % arch["num_heads"]:
                 yield "arch", (

@@ -106,9 +106,16 @@ class _CIFAR(InMemoryDataset):
             self._download()
             folder = self._locate()
         if folder is None:
+            # Name the files that are missing from the most complete candidate folder.
+            needed = (*self.files[split], self.meta_file)
+            best = max((self.root / self.folder, self.root),
+                       key=lambda f: sum((f / n).is_file() for n in needed))
+            missing = [str(best / n) for n in needed if not (best / n).is_file()]
+            shown = ", ".join(repr(m) for m in missing[:3])
+            if len(missing) > 3:
+                shown += f" (+{len(missing) - 3} more)"
             raise PretrainError(
-                f"{self.name} not found in {str(self.root)!r}: expected "
-                f"{str(self.root / self.folder / self.files[split][0])!r} "
+                f"{self.name} not found in {str(self.root)!r}: missing {shown} "
                 f"(the official python-version files)",
                 hint=f"Download {self.archive_url} and extract it into {str(self.root)!r} "
                 f"(it creates {self.folder}/), or set download = true in the spec.",

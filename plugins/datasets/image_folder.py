@@ -9,7 +9,9 @@ Layout (the same as torchvision's and MMPretrain's ``CustomDataset`` with sub-fo
 Labels follow the sorted folder names unless ``classes`` lists them (which also
 selects a subset). With ``labels = false`` any directory tree of images is a
 dataset (your own photos for self-supervised pretraining): every image under
-``root``, at any depth, without labels. Every problem is reported up front with the path at fault:
+``root``, at any depth, without labels. Symbolic links are followed, but real paths
+are tracked: a link back into the dataset (``cat/loop -> ..``) is skipped, and a file
+reached twice is counted once. Every problem is reported up front with the path at fault:
 a missing ``root``, no class folders, an empty class, an unreadable image (or,
 with ``skip_unreadable``, a warning that says how many were left out).
 """
@@ -70,6 +72,45 @@ def _verify(path: str) -> str | None:
     except _READ_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+class _Walk:
+    """Walks class folders following symbolic links, never entering a folder or counting a file twice.
+
+    Real paths are tracked, so ``cat/loop -> ..`` (a cycle, which would also reach the
+    dog images under the cat label) is skipped, and a file linked from two places is
+    counted once.
+    """
+
+    def __init__(self, taken: set[str]) -> None:
+        self.dirs = set(taken)
+        self.files: set[str] = set()
+        self.skipped_dirs = 0
+        self.repeated_files = 0
+
+    def images(self, folder: Path, extensions: frozenset[str]) -> Iterable[str]:
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            kept = []
+            for d in dirnames:
+                if d.startswith("."):
+                    continue
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in self.dirs:
+                    self.skipped_dirs += 1
+                    continue
+                self.dirs.add(real)
+                kept.append(d)
+            dirnames[:] = kept
+            for name in filenames:
+                if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
+                    continue
+                path = os.path.join(dirpath, name)
+                real = os.path.realpath(path)
+                if real in self.files:
+                    self.repeated_files += 1
+                    continue
+                self.files.add(real)
+                yield path
 
 
 class ImageFolder(BaseDataset):
@@ -153,8 +194,11 @@ class ImageFolder(BaseDataset):
             )
         extensions = _image_extensions()
         samples: list[tuple[str, int]] = []
+        # Real paths already taken: the root and every class folder (a symlink back to
+        # them is a loop or another class's images), then each folder and file walked.
+        walk = _Walk({os.path.realpath(self.root / d) for d in ("", *found)})
         for label, name in enumerate(classes):
-            files = sorted(self._images_in(self.root / name, extensions))
+            files = sorted(walk.images(self.root / name, extensions))
             if not files:
                 raise PretrainError(
                     f"ImageFolder class folder {str(self.root / name)!r} holds no images",
@@ -162,15 +206,28 @@ class ImageFolder(BaseDataset):
                     "class out of `classes`.",
                 )
             samples += [(f, label) for f in files]
+        if walk.skipped_dirs or walk.repeated_files:
+            warnings.warn(
+                f"ImageFolder {str(self.root)!r}: symbolic links lead back into the dataset; skipped "
+                f"{walk.skipped_dirs} linked folder(s) (a loop, or another class's folder) and counted "
+                f"{walk.repeated_files} file(s) reached twice only once", stacklevel=3,
+            )
         return tuple(classes), samples
 
     def _scan_unlabelled(self) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
         self._check_root("a folder of images (any tree)")
-        files = sorted(self._images_in(self.root, _image_extensions()))
+        walk = _Walk({os.path.realpath(self.root)})
+        files = sorted(walk.images(self.root, _image_extensions()))
         if not files:
             raise PretrainError(
                 f"ImageFolder {str(self.root)!r} holds no images (labels = false reads every image under it)",
                 hint="Point root at a folder with images (any format Pillow reads, at any depth).",
+            )
+        if walk.skipped_dirs or walk.repeated_files:
+            warnings.warn(
+                f"ImageFolder {str(self.root)!r}: symbolic links lead back into the dataset; skipped "
+                f"{walk.skipped_dirs} linked folder(s) and counted {walk.repeated_files} file(s) reached "
+                "twice only once", stacklevel=3,
             )
         return (), [(f, -1) for f in files]
 
@@ -184,14 +241,6 @@ class ImageFolder(BaseDataset):
         """``classes`` needs class folders (``labels = true``)."""
         if params.get("labels") is False and params.get("classes") is not None:
             yield "classes", "selects class folders, but labels = false reads no classes; remove one of them"
-
-    @staticmethod
-    def _images_in(folder: Path, extensions: frozenset[str]) -> Iterable[str]:
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                    yield os.path.join(dirpath, name)
 
     def _check(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:

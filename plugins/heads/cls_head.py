@@ -200,7 +200,7 @@ class StackedLinearClsHead(ClsHead):
         *,
         num_classes: PositiveInt,
         in_channels: PositiveInt,
-        mid_channels: Annotated[list[PositiveInt], Field(min_length=1)],
+        mid_channels: Annotated[list[PositiveInt], Field(min_length=1, max_length=256)],
         dropout_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         norm: NormName | None = None,
         act: ActName | None = "ReLU",

@@ -68,7 +68,7 @@ class MAEPretrainDecoder(BaseNeck):
         in_chans: Annotated[int, Field(gt=0)] = 3,
         embed_dim: Annotated[int, Field(gt=0)] = 1024,
         decoder_embed_dim: Annotated[int, Field(gt=0)] = 512,
-        decoder_depth: Annotated[int, Field(ge=0)] = 8,
+        decoder_depth: Annotated[int, Field(ge=0, le=256)] = 8,
         decoder_num_heads: Annotated[int, Field(gt=0)] = 16,
         mlp_ratio: Annotated[float, Field(gt=0)] = 4.0,
         predict_feature_dim: Annotated[int, Field(gt=0)] | None = None,

@@ -57,7 +57,7 @@ class NonLinearNeck(BaseNeck):
         in_channels: Annotated[int, Field(gt=0)],
         hid_channels: Annotated[int, Field(gt=0)],
         out_channels: Annotated[int, Field(gt=0)],
-        num_layers: Annotated[int, Field(ge=2)] = 2,
+        num_layers: Annotated[int, Field(ge=2, le=256)] = 2,
         with_bias: bool = False,
         with_last_bn: bool = True,
         with_last_bn_affine: bool = True,

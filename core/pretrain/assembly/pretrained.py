@@ -1,10 +1,12 @@
 """Loading pretrained weights (the ``Pretrained`` init rule).
 
-Reads ``.safetensors`` (or ``.pth``/``.pt`` with ``torch.load(weights_only=True)``,
-never unpickling objects), applies ``key_map`` and ``prefix``, runs the component's
-``load_state_dict`` pre-hooks (e.g. ViT position-embedding resizing), prints a table
-of loaded / missing / unexpected / shape-mismatched keys, and under ``strict``
-refuses any mismatch before touching the module.
+Reads ``.safetensors`` (verifying the checksum pretrain writes, like ``pretrain eval``)
+or ``.pth``/``.pt`` with ``torch.load(weights_only=True)`` (never unpickling objects),
+applies ``key_map`` and ``prefix``, runs the component's ``load_state_dict``
+pre-hooks (e.g. ViT position-embedding resizing), prints a table of loaded / missing
+/ unexpected / shape-mismatched keys, and under ``strict`` refuses any mismatch
+before touching the module. Integer or boolean tensors for floating-point weights,
+and NaN or infinite values, are errors naming the first such tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pretrain.assembly.weights_file import (
+    CheckpointError,
+    check_tensors,
+    looks_like_torch_save,
+    read_safetensors,
+)
 from pretrain.errors import PretrainError
+from pretrain.spec.init_rules import checkpoint_problem
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,26 +68,33 @@ class LoadReport:
 def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor]:
     import torch
 
-    if not path.is_file():
-        raise PretrainError(
-            f"{loc}: pretrained checkpoint {str(path)!r} does not exist.",
-            hint="Check the path (relative paths are resolved from the current directory).",
-        )
+    problem = checkpoint_problem(rule.checkpoint)
+    if problem is not None:
+        raise PretrainError(f"{loc}: the pretrained checkpoint {problem}.",
+                            hint="Fix `checkpoint` (relative paths are resolved from the current directory).")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path), device=rule.map_location)
-        except Exception as exc:
-            raise PretrainError(f"{loc}: cannot read {str(path)!r}: {exc}") from exc
+            state, _ = read_safetensors(path)  # the checksum pretrain writes is verified here
+        except CheckpointError as exc:
+            raise PretrainError(f"{loc}: {exc.message}", hint=exc.hint) from exc
+        if rule.map_location != "cpu":
+            state = {k: v.to(rule.map_location) for k, v in state.items()}
+        return state
     if suffix in {".pth", ".pt", ".bin", ".ckpt"}:
+        if not looks_like_torch_save(path):
+            raise PretrainError(
+                f"{loc}: {str(path)!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).",
+                hint="Point `checkpoint` at the weights file as downloaded or saved; it may be truncated "
+                "or another kind of file.",
+            )
         try:
             obj = torch.load(path, map_location=rule.map_location, weights_only=True)
         except Exception as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PretrainError(
                 f"{loc}: cannot read {str(path)!r} as a tensors-only checkpoint "
-                f"(torch.load(weights_only=True) refused it: {str(exc).splitlines()[0]}).",
+                f"(torch.load(weights_only=True) refused it: {why}).",
                 hint="Pickled Python objects are never loaded; convert the file with "
                 "`pretrain convert-weights` or save a plain state_dict / .safetensors.",
             ) from exc
@@ -88,7 +104,8 @@ def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor
                 obj = obj[key]
                 break
         if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise PretrainError(f"{loc}: {str(path)!r} does not hold a state dict of tensors.")
+            raise PretrainError(f"{loc}: {str(path)!r} does not hold a state dict of tensors.",
+                                hint="Save the weights with torch.save(model.state_dict(), path) or as .safetensors.")
         return dict(obj)
     raise PretrainError(
         f"{loc}: unsupported checkpoint format {path.suffix!r} ({str(path)!r}).",
@@ -195,9 +212,10 @@ def load_pretrained(
         The :class:`LoadReport`; under ``strict`` it is always clean.
 
     Raises:
-        PretrainError: Empty or missing path, unreadable file, ``prefix`` matching no
-            key, or (``strict``) any missing / unexpected / mismatched key. Nothing is
-            loaded when an error is raised.
+        PretrainError: Empty or missing path, unreadable or damaged file (checksum),
+            ``prefix`` matching no key, (``strict``) any missing / unexpected /
+            mismatched key, or integer/boolean/non-finite weights. Nothing is loaded
+            when an error is raised.
 
     """
     if not rule.checkpoint.strip():
@@ -240,7 +258,12 @@ def load_pretrained(
             "that match (the rest keep their initialisation).",
         )
     if report.loaded:
-        module.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+        chosen = {k: state[k] for k in report.loaded}
+        try:
+            check_tensors(chosen, own, f"{loc}: {str(path)!r}")
+        except CheckpointError as exc:
+            raise PretrainError(exc.message, hint=exc.hint) from exc
+        module.load_state_dict(chosen, strict=False)
     else:
         raise PretrainError(
             f"{loc}: no key of {str(path)!r} matches {type(module).__name__}; nothing would be loaded.",

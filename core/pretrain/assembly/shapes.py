@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pretrain.errors import PretrainError, SpecIssue
+from pretrain.spec.limits import max_params, params_over_ceiling
 from pretrain.spec.validate import ComponentNode, ValidatedSpec
 
 __all__ = ["ShapeReport", "check_model", "embeddings_width"]
@@ -100,6 +101,9 @@ def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None)
         return ShapeReport([SpecIssue("", str(exc))], 0, 0, (), [])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ceiling = max_params()
+    if params > ceiling:  # before the forward pass, which is slow for absurd models
+        return ShapeReport([SpecIssue(root.loc, params_over_ceiling(params, ceiling))], params, trainable, (), [])
     height, width = _input_size(spec, input_size)
     channels = int(getattr(model, "in_channels", 3) or 3)
     shape = (2, channels, height, width)

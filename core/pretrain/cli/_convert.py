@@ -172,17 +172,27 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
 
     import torch
 
-    if not path.is_file():
+    from pretrain.assembly.weights_file import looks_like_torch_save, read_safetensors
+    from pretrain.spec.init_rules import checkpoint_problem
+
+    if not path.exists() and not path.is_symlink():
         raise PretrainError(f"{path}: no such file.", hint="Check the SRC path.")
+    problem = checkpoint_problem(str(path))  # a directory, a device, a symlink loop
+    if problem is not None:
+        raise PretrainError(f"SRC: {problem}.", hint="Check the SRC path.")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _unwrap(load_file(str(path)), path)
+        return _unwrap(read_safetensors(path)[0], path)  # a damaged file is a CheckpointError
     if suffix not in _TORCH_SUFFIXES:
         raise PretrainError(
             f"{path}: unknown weight file type {suffix or '(no extension)'!r}.",
             hint=f"Use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}.",
+        )
+    if not looks_like_torch_save(path):
+        raise PretrainError(
+            f"{path} is not a readable PyTorch checkpoint (it is neither a torch.save zip archive "
+            "nor a pickle).",
+            hint="Pass the weights file as downloaded; it may be truncated or another kind of file.",
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -192,6 +202,13 @@ def load_state_dict(path: Path) -> dict[str, Tensor]:
             f"unpickles them ({str(exc).splitlines()[0]}).",
             hint="Load it in Python from a source you trust and re-save "
             "torch.save(model.state_dict(), path), or export it as .safetensors.",
+        ) from exc
+    except Exception as exc:  # not a torch checkpoint at all: torch raises RuntimeError, EOFError, ...
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PretrainError(
+            f"{path} is not a readable PyTorch checkpoint ({why}).",
+            hint="Pass the weights file as downloaded (torch.save output or .safetensors); it may be "
+            "truncated or another kind of file.",
         ) from exc
     return _unwrap(obj, path)
 

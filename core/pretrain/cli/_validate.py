@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if args.input_size:
         try:
             size = [int(v) for v in args.input_size.split(",")]
+            if not 1 <= len(size) <= 2 or not all(0 < v <= 16_384 for v in size):
+                raise ValueError(args.input_size)
         except ValueError:
-            issue = SpecIssue("--input-size", f"expected H or H,W integers, got {args.input_size!r}")
+            issue = SpecIssue("--input-size", f"expected H or H,W integers from 1 to 16384, got {args.input_size!r}")
             raise SpecError([issue]) from None
     report = None
     try:
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         errors = [i.to_json() for i in exc.issues]
         print_json({"ok": False, "errors": errors, "params": report.params if report else None})
         return 1
+    from pretrain.cli._console import note_broken_plugins
+
+    note_broken_plugins()  # on stderr: a plugin that was skipped cannot go unnoticed
     if args.json:
         from pretrain.cli._console import print_json
 

@@ -22,6 +22,7 @@ is reported as such instead of loading garbage.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,13 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from pretrain.assembly.weights_file import DIGEST_KEY, CheckpointError, read_header, read_safetensors
 from pretrain.errors import PretrainError
 
 __all__ = [
     "CheckpointError",
+    "WriteError",
     "atomic_write_bytes",
     "capture_rng",
     "flatten_optimizer",
@@ -55,12 +57,7 @@ __all__ = [
     "unflatten_optimizer",
 ]
 
-_DIGEST_KEY = "pretrain.sha256"
 _CHUNK = 8 << 20  # bytes per write(); small enough that a crash can land mid-file
-
-
-class CheckpointError(PretrainError):
-    """A checkpoint file is missing, truncated, corrupt, or does not fit the model."""
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -82,23 +79,48 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -
     The bytes go to ``.<name>.tmp-<pid>-<random>`` in the same folder, are fsync'ed,
     then renamed over ``path``. On any error the temporary file is removed and
     ``path`` is untouched.
+
+    Raises:
+        WriteError: The file cannot be written (disk full, permissions, ...); the
+            message names it.
+
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     view = memoryview(data)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             for start in range(0, len(view), _CHUNK):
                 fh.write(view[start : start + _CHUNK])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise WriteError.from_os_error(target, exc) from exc
         raise
     _fsync_dir(target.parent)
+
+
+class WriteError(PretrainError):
+    """A file of the run could not be written; the previous version of it is intact."""
+
+    @classmethod
+    def from_os_error(cls, path: Path, exc: OSError) -> WriteError:
+        """The message for ``exc`` raised while writing ``path``."""
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (f"Free space on the disk that holds {path.parent} (or use another --run-dir). "
+                    "Nothing already written was lost: the previous version of the file is intact, "
+                    "and a run can continue with --resume.")
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = f"Make {path.parent} writable, or write somewhere else (e.g. another --run-dir)."
+        else:
+            hint = "Nothing already written was lost: the previous version of the file is intact."
+        return cls(f"cannot write {path}: {why}", hint=hint)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -159,46 +181,10 @@ def save_tensors(
     (header_len,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + header_len])
     data = memoryview(blob)[8 + header_len :]
-    header.setdefault("__metadata__", {})[_DIGEST_KEY] = hashlib.sha256(data).hexdigest()
+    header.setdefault("__metadata__", {})[DIGEST_KEY] = hashlib.sha256(data).hexdigest()
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     atomic_write_bytes(path, b"".join([struct.pack("<Q", len(raw)), raw, data]))
-
-
-def _split(path: Path, blob: bytes) -> tuple[dict[str, Any], memoryview]:
-    corrupt = (
-        f"checkpoint {path} is truncated or corrupt"
-    )
-    hint = (
-        "It was probably cut short by a crash or a full disk. Use another checkpoint "
-        "(e.g. best.safetensors), or start the run again without --resume."
-    )
-    if len(blob) < 8:
-        raise CheckpointError(f"{corrupt}: only {len(blob)} bytes", hint=hint)
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    if header_len > len(blob) - 8:
-        raise CheckpointError(
-            f"{corrupt}: the header claims {header_len} bytes, the file has {len(blob) - 8}",
-            hint=hint,
-        )
-    try:
-        header = json.loads(blob[8 : 8 + header_len])
-    except ValueError:
-        raise CheckpointError(f"{corrupt}: the header is not valid JSON", hint=hint) from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{corrupt}: unexpected header", hint=hint)
-    data = memoryview(blob)[8 + header_len :]
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-              default=0)
-    if end != len(data):
-        raise CheckpointError(
-            f"{corrupt}: the tensors need {end} bytes of data, the file has {len(data)}",
-            hint=hint,
-        )
-    digest = (header.get("__metadata__") or {}).get(_DIGEST_KEY)
-    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise CheckpointError(f"{corrupt}: checksum mismatch", hint=hint)
-    return header, data
 
 
 def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -208,41 +194,17 @@ def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         ``(tensors on CPU, metadata)``.
 
     Raises:
-        CheckpointError: Missing, truncated or corrupt file (checksum verified when present).
+        CheckpointError: Missing, not a regular file, not safetensors, truncated or
+            corrupt (checksum verified when present); see :mod:`pretrain.assembly.weights_file`.
 
     """
-    p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {p} does not exist") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from None
-    header, _ = _split(p, blob)
-    try:
-        tensors = st_load(blob)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {p} is corrupt: {exc}") from None
-    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != _DIGEST_KEY}
-    return tensors, meta
+    return read_safetensors(path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """Return a safetensors file's metadata without loading (or verifying) its tensors."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"checkpoint {p} is truncated or corrupt")
-            (n,) = struct.unpack("<Q", head)
-            raw = fh.read(min(n, 100 << 20))
-        header = json.loads(raw)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {p} does not exist") from None
-    except ValueError:
-        raise CheckpointError(f"checkpoint {p} is truncated or corrupt") from None
-    return dict(header.get("__metadata__") or {})
+    meta = read_header(path).get("__metadata__") or {}
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def read_metadata_json(path: str | os.PathLike[str], key: str = "pretrain.state") -> dict[str, Any]:

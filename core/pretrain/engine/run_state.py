@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pretrain.assembly.weights_file import check_tensors
 from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.rundir import RunDir
@@ -118,7 +119,15 @@ def read_state(
             model, data or process count.
 
     """
-    tensors, meta = ckpt.load_tensors(path)
+    try:
+        tensors, meta = ckpt.load_tensors(path)
+    except ckpt.CheckpointError as exc:
+        raise ckpt.CheckpointError(
+            f"cannot resume from {path}: {exc.message}; nothing in the run directory was changed",
+            hint="Restore the state file from a copy, or start a new run in another directory, "
+            "initialising the model from checkpoints/last.safetensors (or best) with a Pretrained "
+            "init rule.",
+        ) from exc
     doc = ckpt.parse_state_doc(path, meta)
     if doc["steps_per_epoch"] != steps_per_epoch:
         raise ckpt.CheckpointError(
@@ -153,9 +162,14 @@ def read_state(
 
 
 def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: Path | str) -> None:
-    """Load ``state`` into ``module`` exactly (every key, every shape) or raise a CheckpointError."""
+    """Load ``state`` into ``module`` exactly (every key, every shape) or raise a CheckpointError.
+
+    Integer or boolean tensors for floating-point weights, and NaN or infinite values,
+    are refused too (naming the first such tensor), before anything is copied.
+    """
     hint = ("The spec's model changed since the checkpoint was written; use the spec "
             "saved in the run directory (spec.toml).")
+    check_tensors(state, module.state_dict(), str(path))  # before anything is copied
     try:
         result = module.load_state_dict(dict(state), strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.engine.checkpoint import atomic_write_bytes
+from pretrain.engine.checkpoint import CheckpointError, atomic_write_bytes, read_metadata_json
 from pretrain.errors import PretrainError
 
 __all__ = ["RunDir", "RunDirError"]
@@ -106,10 +106,18 @@ class RunDir:
         return any(p.exists() for p in (self.state_file, self.last_weights, self.best_weights))
 
     def foreign_entries(self) -> list[str]:
-        """Entries of the directory that no run writes (the user's own files)."""
+        """Entries of the directory that no run wrote (the user's own files).
+
+        Only a directory a run has claimed (it holds ``.pretrain.lock``, created before
+        anything else) can hold a run's files: elsewhere every entry is the user's,
+        ``spec.toml`` included (``pretrain train spec.toml --run-dir .``).
+        """
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name not in _OWN_FILES)
+        names = sorted(p.name for p in self.path.iterdir())
+        if not self.lock_file.exists():
+            return names
+        return [name for name in names if name not in _OWN_FILES]
 
     def read_spec(self) -> dict[str, Any] | None:
         """The spec an earlier run wrote, if any."""
@@ -188,12 +196,23 @@ class RunDir:
             checkpoint at all (the run starts fresh).
 
         Raises:
-            RunDirError: Weights files exist but their state file is missing (nothing is
-                touched: ``best``/``last``/``metrics.jsonl`` stay as they are).
+            RunDirError: Weights files exist but their state file is missing, or the
+                state file is damaged (nothing is touched: ``best``/``last``/``metrics.jsonl``
+                stay as they are).
 
         """
         self.check_usable()
         if self.state_file.exists():
+            try:  # the header only: read_state verifies the whole file before using it
+                read_metadata_json(self.state_file)
+            except CheckpointError as exc:
+                raise RunDirError(
+                    f"cannot resume {self.path}: its state file is damaged ({exc.message}); "
+                    "nothing was changed.",
+                    hint="Restore checkpoints/last.state.safetensors from a copy, or start a new run "
+                    "in another directory, initialising the model from checkpoints/last.safetensors "
+                    "(or best) with a Pretrained init rule.",
+                ) from exc
             return True
         if self.has_checkpoint():
             found = [p.name for p in (self.last_weights, self.best_weights) if p.exists()]
@@ -216,6 +235,7 @@ class RunDir:
             RunDirError: See :meth:`check_fresh_start`, :meth:`check_resumable`, :meth:`acquire_lock`.
 
         """
+        self.check_not_locked()  # a running run is the first thing to report, whatever else is here
         if resume:
             resuming = self.check_resumable()
         else:
@@ -223,6 +243,26 @@ class RunDir:
             resuming = False
         self.acquire_lock()
         return resuming
+
+    def check_not_locked(self) -> None:
+        """Refuse a directory another live process holds, without creating anything.
+
+        Raises:
+            RunDirError: The lock file exists and is held (its pid and host are named).
+
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR)
+        except OSError:  # no lock file (or none we may open): acquire_lock decides
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._in_use(fd) from None
+        finally:
+            os.close(fd)  # closing releases a lock taken here
 
     # ------------------------------------------------------------------ lock
 
@@ -244,21 +284,32 @@ class RunDir:
         """Take the lock (see :meth:`locked`)."""
         import fcntl
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot use the run directory {self.path}: {exc.strerror or exc} "
+                f"({exc.filename or self.lock_file})",
+                hint="Choose a directory you can write to with --run-dir.",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+            error = self._in_use(fd)
             os.close(fd)
-            raise RunDirError(
-                f"the run directory {self.path} is in use by a running `pretrain train` ({holder}); "
-                "two runs writing one directory would overwrite each other's checkpoints.",
-                hint="Wait for that run to finish, stop it, or use another --run-dir.",
-            ) from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock_fd = fd
+
+    def _in_use(self, fd: int) -> RunDirError:
+        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+        return RunDirError(
+            f"the run directory {self.path} is in use by a running `pretrain train` ({holder}); "
+            "two runs writing one directory would overwrite each other's checkpoints.",
+            hint="Wait for that run to finish, stop it, or use another --run-dir.",
+        )
 
     def release_lock(self) -> None:
         """Release the lock (the file stays; it is empty when no run holds it)."""

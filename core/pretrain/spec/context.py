@@ -19,9 +19,10 @@ from pretrain.errors import ComponentLookupError, PluginLoadError, SpecIssue, di
 from pretrain.registry.records import EntryRecord
 from pretrain.registry.registry import Registry, get_registry
 from pretrain.registry.schema import RESERVED_FIELDS, ComponentSchema, SchemaDerivationError, component_schema
-from pretrain.spec.init_rules import Rule, validate_init
+from pretrain.spec.init_rules import Rule, checkpoint_problem, validate_init
 from pretrain.spec.paths import clean_loc, join_loc
 from pretrain.spec.paths import known_fields as known_fields_of
+from pretrain.spec.values import MISSING, value_issues
 
 __all__ = ["ComponentNode", "ValidationContext"]
 
@@ -77,12 +78,16 @@ class ValidationContext:
 
     Args:
         registry: Registry to resolve ``type`` values (the process-wide one by default).
+        check_files: Check that files the spec names exist (off to validate a spec
+            whose checkpoint another run has yet to write).
 
     """
 
-    def __init__(self, registry: Registry | None = None) -> None:
+    def __init__(self, registry: Registry | None = None, *, check_files: bool = True) -> None:
         self.registry = registry or get_registry()
         self.issues: list[SpecIssue] = []
+        #: Whether files the spec names (``Pretrained`` checkpoints) must exist now.
+        self.check_files = check_files
 
     def add(self, loc: str, msg: str) -> None:
         """Record one issue at ``loc``."""
@@ -123,6 +128,8 @@ class ValidationContext:
                 self.add(loc, f"unknown field{did_you_mean(key, fields)} (accepted fields: {accepted})")
             elif first["type"] == "missing":
                 self.add(loc, "required field is missing")
+            elif first["type"] == "int_parsing_size":
+                self.add(loc, f"is far too large (got {_short.repr(first.get('input'))})")
             elif first["type"] == "union_tag_invalid":
                 tag = str(first["ctx"]["tag"])
                 names = [t.strip(" '") for t in str(first["ctx"]["expected_tags"]).split(",")]
@@ -132,6 +139,17 @@ class ValidationContext:
                 msgs = list(dict.fromkeys(e["msg"] for e, _ in errs))
                 got = first.get("input")
                 self.add(loc, " / ".join(msgs) + f" (got {_short.repr(got)})")
+
+    def check_values(self, raw: Any, validated: Any, loc: str) -> None:
+        """Record booleans read as numbers and non-finite numbers in ``raw`` (see :mod:`.values`).
+
+        ``validated`` is what pydantic made of ``raw`` (``MISSING`` when validation
+        failed). Paths pydantic already reported are not reported twice.
+        """
+        seen = {issue.loc for issue in self.issues}
+        for where, msg in value_issues(raw, validated, loc):
+            if where not in seen:
+                self.add(where, msg)
 
     def component(self, kind: str, value: Any, loc: str) -> ComponentNode | None:
         """Validate one component table of ``kind`` at ``loc``; None if it failed."""
@@ -204,6 +222,11 @@ class ValidationContext:
         except ValidationError as exc:
             self.add_pydantic(exc, loc, schema.model, known)
             instance = None
+        plain = {k: v for k, v in fields.items() if k not in schema.nested}
+        values_before = len(self.issues)
+        self.check_values(plain, MISSING if instance is None else instance, loc)
+        if len(self.issues) > values_before:
+            instance = None  # its numbers are not what the user meant: no cross-field checks on them
         if instance is not None:
             params = {
                 name: getattr(instance, name)
@@ -231,8 +254,11 @@ class ValidationContext:
             try:
                 for field_name, msg in cls.spec_issues(params):
                     self.add(join_loc(loc, field_name), msg)
-            except Exception as exc:
-                self.add(loc, f"{type_name}.spec_issues failed: {type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # plugin code: even sys.exit() must not end validation
+                self.add(loc, f"{type_name}.spec_issues (from {record.distribution} {record.version}) failed: "
+                              f"{type(exc).__name__}: {exc}")
         if len(self.issues) > before:
             return None
         return ComponentNode(kind, type_name, record, cls, schema, params, children, init_rules, loc)
@@ -241,7 +267,17 @@ class ValidationContext:
         if isinstance(value, Mapping):
             value = [value]
         try:
-            return list(validate_init(value))
+            rules = list(validate_init(value))
         except ValidationError as exc:  # locations already relative to the `init` list
             self.add_pydantic(exc, loc, list[Rule])
+            self.check_values(value, MISSING, loc)
             return None
+        before = len(self.issues)
+        self.check_values(value, rules, loc)
+        if self.check_files:
+            for i, rule in enumerate(rules):
+                problem = checkpoint_problem(getattr(rule, "checkpoint", None))
+                if problem:
+                    key = ".".join([*loc.replace("[", ".").replace("]", "").split("."), str(i), "checkpoint"])
+                    self.add(join_loc(loc, i, "checkpoint"), f"{problem}; e.g. --set {key}=PATH.safetensors")
+        return rules if len(self.issues) == before else None

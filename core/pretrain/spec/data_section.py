@@ -38,25 +38,31 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pretrain.spec.context import ValidationContext
+from pretrain.spec.values import MISSING
 
 __all__ = [
     "SPLITS", "DataOptions", "DataSection", "DatasetSpec", "GalleryFile", "json_schema", "validate_data_section",
 ]
 
+#: Sanity bounds (far above real use; a typo such as `batch_size = 1e9` fails validation).
+MAX_BATCH = 65_536
+MAX_WORKERS = 256
+MAX_IMAGE_SIZE = 16_384
+MAX_IN_MEMORY_MB = 2**24  # 16 TiB
 
 class DataOptions(BaseModel):
     """Plain fields of the ``[data]`` table (``train``/``val`` are component tables)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_size: Annotated[int, Field(gt=0)] = Field(64, description="Images per batch per process.")
-    val_batch_size: Annotated[int, Field(gt=0)] | None = Field(
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = Field(64, description="Images per batch per process.")
+    val_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] | None = Field(
         None, description="Images per evaluation batch per process (default: batch_size)."
     )
-    num_workers: Annotated[int, Field(ge=0)] = Field(
+    num_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] = Field(
         0, description="DataLoader worker processes for datasets not kept in memory."
     )
-    image_size: Annotated[int, Field(gt=0)] | None = Field(
+    image_size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | None = Field(
         None,
         description="Height and width the pipelines must produce (checked before training "
         "and used by `pretrain validate`'s shape check).",
@@ -67,7 +73,7 @@ class DataOptions(BaseModel):
         "and augment whole batches there. auto: when the images share one size and fit "
         "in in_memory_max_mb.",
     )
-    in_memory_max_mb: Annotated[int, Field(gt=0)] = Field(
+    in_memory_max_mb: Annotated[int, Field(gt=0, le=MAX_IN_MEMORY_MB)] = Field(
         2048, description="Largest decoded dataset (MiB) that in_memory = 'auto' keeps in memory."
     )
     drop_last: bool = Field(False, description="Drop each epoch's incomplete last training batch.")
@@ -189,10 +195,12 @@ def validate_data_section(raw: Any, ctx: ValidationContext, loc: str = "data") -
         return None
     before = len(ctx.issues)
     options: DataOptions | None = None
+    plain = {k: v for k, v in raw.items() if k not in SPLITS}
     try:
-        options = DataOptions.model_validate({k: v for k, v in raw.items() if k not in SPLITS})
+        options = DataOptions.model_validate(plain)
     except ValidationError as exc:
         ctx.add_pydantic(exc, loc, DataOptions, known_fields=[*DataOptions.model_fields, *SPLITS])
+    ctx.check_values(plain, MISSING if options is None else options, loc)
     splits: dict[str, Any] = {
         name: (_validate_gallery if name == "gallery" else _validate_split)(raw[name], ctx, f"{loc}.{name}")
         for name in SPLITS if name in raw

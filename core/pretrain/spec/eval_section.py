@@ -40,6 +40,9 @@ __all__ = [
     "retrieval_topk",
 ]
 
+#: Sanity bound of every k (far above real use; `topk = [1e9]` fails validation).
+MAX_TOPK = 100_000
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -55,10 +58,10 @@ class KNNConfig(_Strict):
     ``knn/top{k}`` for each k of ``topk`` (those above the class count are left out).
     """
 
-    k: Annotated[int, Field(gt=0)] = Field(default=20, description="Neighbours that vote.")
+    k: Annotated[int, Field(gt=0, le=MAX_TOPK)] = Field(default=20, description="Neighbours that vote.")
     temperature: PositiveFloat = Field(default=0.07, description="Softness of the vote weights exp(sim / T).")
-    topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        default=(1, 5), min_length=1, description="Report knn/top{k} (percent) for each k."
+    topk: tuple[Annotated[int, Field(gt=0, le=MAX_TOPK)], ...] = Field(
+        default=(1, 5), min_length=1, max_length=16, description="Report knn/top{k} (percent) for each k."
     )
 
 
@@ -101,8 +104,8 @@ DEFAULT_METRICS: dict[str, tuple[dict[str, Any], ...]] = {
 class EvalSection(_Strict):
     """The ``[eval]`` table: how validation and ``pretrain eval`` score a model."""
 
-    topk: tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        default=(1, 5), min_length=1,
+    topk: tuple[Annotated[int, Field(gt=0, le=MAX_TOPK)], ...] = Field(
+        default=(1, 5), min_length=1, max_length=16,
         description="The k of accuracy/top{k} (classifiers) and of retrieval/Recall@{k} and mAP@{k} "
         "(retrievers). Unset: (1, 5), without the k larger than the model's class count (or the "
         "retriever's topk); an explicit k above it is an error.",

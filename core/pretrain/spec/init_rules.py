@@ -12,9 +12,12 @@ rules; :mod:`pretrain.assembly.weight_init` applies them and
 
 from __future__ import annotations
 
+import errno
 import math
 import re
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -50,6 +53,7 @@ __all__ = [
     "ValueRule",
     "Xavier",
     "XavierFields",
+    "checkpoint_problem",
     "init_rules_json_schema",
     "rule_to_toml",
     "validate_init",
@@ -357,6 +361,34 @@ Rule: TypeAlias = Annotated[ValueRule | Pretrained, Field(discriminator="type")]
 
 #: Validates the value of an ``init`` key (a list of rules).
 INIT_RULES_ADAPTER: TypeAdapter[list[Rule]] = TypeAdapter(list[Rule])
+
+
+def checkpoint_problem(checkpoint: str | None) -> str | None:
+    """What is wrong with a ``Pretrained`` rule's ``checkpoint`` path right now, or None.
+
+    Relative paths are resolved from the current directory (as when the file is loaded).
+    """
+    if checkpoint is None:
+        return None
+    if not checkpoint.strip():
+        return ("is empty (MMPretrain's fine-tuning configs ship checkpoint = ''); set it to the "
+                "pretrained weights, a .safetensors (or tensors-only .pth) file")
+    path = Path(checkpoint).expanduser()
+    where = "" if path.is_absolute() else f" (relative paths are resolved from the current directory, {Path.cwd()})"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return f"the file {checkpoint!r} does not exist{where}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{checkpoint!r} is a symbolic link that loops back on itself"
+        return f"cannot read {checkpoint!r}: {exc.strerror or exc}"
+    if stat.S_ISDIR(info.st_mode):
+        return (f"{checkpoint!r} is a directory; name the weights file inside it (e.g. a run's "
+                "checkpoints/best.safetensors)")
+    if not stat.S_ISREG(info.st_mode):
+        return f"{checkpoint!r} is not a regular file (a device, pipe or socket)"
+    return None
 
 
 def validate_init(value: Any) -> list[Rule]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ComponentNode, ValidationContext
@@ -58,6 +58,7 @@ from pretrain.spec.eval_section import (
     metric_nodes,
     retrieval_topk,
 )
+from pretrain.spec.values import MISSING
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -88,8 +89,19 @@ __all__ = [
     "validate_sections",
 ]
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Hyper-parameters are finite: pydantic would accept `lr = inf` and `nan` for a plain float.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+#: Sanity bounds: far above any real run, low enough that a typo (an extra digit
+#: group, `1e9` for `1e3`) fails validation instead of running for years or
+#: allocating terabytes.
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 10**12
+MAX_GRAD_ACCUM = 65_536
+MAX_THREADS = 4_096
+#: Seeds are 63-bit (torch, numpy and the data order all take them).
+MAX_SEED = 2**63 - 1
 
 
 class _Strict(BaseModel):
@@ -220,8 +232,8 @@ class EMAConfig(_Strict):
 class TrainSection(_Strict):
     """The ``[train]`` table: how to optimise the model."""
 
-    epochs: Annotated[int, Field(gt=0)] = Field(description="Number of passes over the data.")
-    max_steps: Annotated[int, Field(gt=0)] | None = Field(
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = Field(description="Number of passes over the data.")
+    max_steps: Annotated[int, Field(gt=0, le=MAX_STEPS)] | None = Field(
         default=None,
         description="Stop after this many optimizer steps in total (smoke runs); the "
         "schedule is stretched over min(epochs * steps_per_epoch, max_steps).",
@@ -245,19 +257,21 @@ class TrainSection(_Strict):
     grad_clip: PositiveFloat | None = Field(
         default=None, description="Clip the global L2 norm of the gradients to this value."
     )
-    grad_accum: Annotated[int, Field(gt=0)] = Field(
+    grad_accum: Annotated[int, Field(gt=0, le=MAX_GRAD_ACCUM)] = Field(
         default=1, description="Micro-batches accumulated per optimizer step."
     )
     ema: EMAConfig | None = Field(default=None, description="Exponential moving average of the weights.")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
-    cpu_threads: Annotated[int, Field(ge=1)] | None = Field(
+    cpu_threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = Field(
         default=None,
         description=(
             "torch intra-op threads on CPU (default: torch's choice). 1 is far faster for small "
             "models when other processes share the cores."
         ),
     )
-    seed: int = Field(default=0, description="Seed of initialisation, data order and augmentation.")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = Field(
+        default=0, description="Seed of initialisation, data order and augmentation (0 to 2**63 - 1)."
+    )
     deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
     sync_bn: bool = Field(
         default=False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
@@ -282,13 +296,13 @@ class TrainSection(_Strict):
         description="Whether larger is better; default: min for val_loss, max for accuracies.",
     )
 
-    @model_validator(mode="after")
-    def _device(self) -> TrainSection:
-        d = self.device
-        ok = d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isdigit())
+    @field_validator("device")
+    @classmethod
+    def _device(cls, d: str) -> str:
+        ok = d in ("auto", "cpu", "cuda", "mps") or (d.startswith("cuda:") and d[5:].isascii() and d[5:].isdigit())
         if not ok:
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {d!r}")
-        return self
+        return d
 
 
 #: Sections owned by the engine, with their pydantic models (``data`` lives in data.py).
@@ -328,13 +342,15 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext, *, check_b
             # A registered kind: resolved through the registry like any component table.
             optimizer = ctx.component("optimizer", table.pop("optimizer"), "train.optimizer")
             table["optimizer"] = optimizer if optimizer is not None else {}
+        validated: BaseModel | None
         try:
             validated = model.model_validate(table)
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
-            continue
-        if model is not TrainSection or optimizer is not None:
+            validated = None
+        if validated is not None and (model is not TrainSection or optimizer is not None):
             out[name] = validated
+        ctx.check_values(value, out.get(name, MISSING), name)
     section = out.get("eval")
     if isinstance(section, EvalSection):
         check_eval_section(section, ctx)

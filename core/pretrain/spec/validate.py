@@ -67,7 +67,8 @@ def spec_task(model: ComponentNode) -> Task:
 
 
 def validate_spec(
-    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None
+    raw: Mapping[str, Any], *, registry: Registry | None = None, source: str | None = None,
+    check_files: bool = True,
 ) -> ValidatedSpec:
     """Validate a merged spec (see :func:`pretrain.load_spec`).
 
@@ -75,6 +76,8 @@ def validate_spec(
         raw: The spec as data.
         registry: Registry to resolve types in (process-wide by default).
         source: File name for messages.
+        check_files: Check that the files the spec names (``Pretrained`` checkpoints)
+            exist; turn off to check a spec whose checkpoint another run will write.
 
     Returns:
         The validated spec.
@@ -83,7 +86,7 @@ def validate_spec(
         SpecError: With every issue found, each with its spec path.
 
     """
-    ctx = ValidationContext(registry)
+    ctx = ValidationContext(registry, check_files=check_files)
     load_plugins(ctx.registry)
     if not isinstance(raw, Mapping):
         raise SpecError([SpecIssue("", "a spec must be a table/object")], source=source)
