@@ -13,12 +13,13 @@ from typing import Any
 
 from rich.console import Console
 
-from pretrain.assembly.shapes import check_model
+from pretrain.assembly.blame import plugin_error
 from pretrain.engine.distributed import shutdown
 from pretrain.engine.evaluate import evaluate_weights
+from pretrain.engine.preflight import check_model
 from pretrain.engine.rundir import RunDir
 from pretrain.engine.trainer import Trainer
-from pretrain.errors import SpecError
+from pretrain.errors import PretrainError, SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import ValidatedSpec, validate_spec
 
@@ -45,7 +46,7 @@ def prepare_spec(spec: SpecLike, overrides: Sequence[str] = (), *, check_shapes:
     if check_shapes:
         report = check_model(validated)
         if report.issues:
-            raise SpecError(report.issues, source=validated.source)
+            raise SpecError(report.issues, source=validated.source) from report.cause
     return validated
 
 
@@ -93,6 +94,11 @@ def train(
                       resume=resume, console=console, live=live)
     try:
         return trainer.fit()
+    except Exception as exc:
+        error = _attributed(exc, "while training")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutdown()
 
@@ -116,5 +122,17 @@ def evaluate(
     validated = prepare_spec(spec, overrides)
     try:
         return evaluate_weights(validated, RunDir.resolve_weights(weights, "best"), device)
+    except Exception as exc:
+        error = _attributed(exc, "while evaluating")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutdown()
+
+
+def _attributed(exc: Exception, during: str) -> PretrainError | None:
+    """A PluginError naming the third-party component whose code raised ``exc`` (None: not one)."""
+    if isinstance(exc, PretrainError):
+        return None
+    return plugin_error(exc, during=during)
