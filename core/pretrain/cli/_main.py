@@ -74,6 +74,9 @@ def run_cli(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from pretrain.cli._plugins import strict_check
+
+        strict_check()  # strict mode: any broken installed plugin fails every command
         return int(run(args) or 0)
     except PretrainError as exc:
         if args.debug:
@@ -88,12 +91,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        from pretrain.assembly.blame import unexpected_error
         from pretrain.cli._console import print_error
 
-        print_error(
-            PretrainError(
-                f"unexpected {type(exc).__name__} in `pretrain {args.command}`: {exc}",
-                hint="Run again with --debug for the traceback, and please report it.",
-            )
-        )
+        # "please report it" only when pretrain's own code raised; a plugin's fault names the plugin.
+        print_error(unexpected_error(exc, f"`pretrain {args.command}`"))
         return 1
