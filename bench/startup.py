@@ -6,10 +6,16 @@ Prints the median wall time (of N runs, interleaved) of:
 - ``python -c "import torch"``;
 - ``pretrain --help``;
 - ``pretrain list-components`` (metadata only);
-- ``pretrain list-components`` with 200 synthetic plugin distributions installed.
+- ``pretrain list-components`` with 200 synthetic plugin distributions installed;
+- ``pretrain validate examples/specs/seed_tutorial.toml`` (spec validation, the meta
+  build and the whole training step), and its difference to ``import torch`` measured
+  in the same runs.
 
-Targets (issue 2): listing <= 0.35 s median with torch not imported; with 200
-plugin distributions <= 0.6 s. Usage: ``python bench/startup.py [--runs 7]``.
+Targets: listing <= 0.35 s median with torch not imported; with 200 plugin
+distributions <= 0.6 s (issue 2); ``validate`` of the seed spec <= ``import torch``
++ 0.5 s (issue 10). Every command runs once untimed first, so Python's bytecode
+cache is warm, as in an installed package (``PYTHONDONTWRITEBYTECODE`` is cleared
+for the children). Usage: ``python bench/startup.py [--runs 5] [--only validate]``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import time
 from pathlib import Path
 
 PRETRAIN = [sys.executable, "-m", "pretrain.cli"]
+SEED_SPEC = str(Path(__file__).resolve().parents[1] / "examples" / "specs" / "seed_tutorial.toml")
+TORCH = 'python -c "import torch"'
+VALIDATE = "pretrain validate seed_tutorial.toml"
 
 
 def make_fake_plugins(root: Path, count: int) -> None:
@@ -59,23 +68,31 @@ def torch_imported_by_listing(env: dict[str, str]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--plugins", type=int, default=200)
+    parser.add_argument("--only", choices=("all", "validate"), default="all",
+                        help="validate: only import torch and validate, side by side")
     args = parser.parse_args()
-    env = {**os.environ, "COLUMNS": "120"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["COLUMNS"] = "120"
     with tempfile.TemporaryDirectory() as tmp:
         make_fake_plugins(Path(tmp), args.plugins)
         env_many = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [tmp, env.get("PYTHONPATH")]))}
         cases = {
             "python -c pass": ([sys.executable, "-c", "pass"], env),
-            'python -c "import torch"': ([sys.executable, "-c", "import torch"], env),
+            TORCH: ([sys.executable, "-c", "import torch"], env),
             "pretrain --help": ([*PRETRAIN, "--help"], env),
             "pretrain list-components": ([*PRETRAIN, "list-components"], env),
             f"pretrain list-components ({args.plugins} plugin dists)": (
                 [*PRETRAIN, "list-components"],
                 env_many,
             ),
+            VALIDATE: ([*PRETRAIN, "validate", SEED_SPEC], env),
         }
+        if args.only == "validate":
+            cases = {name: cases[name] for name in (TORCH, VALIDATE)}
+        for cmd, case_env in cases.values():  # warm the bytecode and file caches
+            timed(cmd, case_env)
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.runs):  # interleaved, so machine noise hits every case alike
             for name, (cmd, case_env) in cases.items():
@@ -83,8 +100,15 @@ def main() -> None:
         print(f"{'command':<52} {'median s':>9} {'min s':>7}")
         for name, values in times.items():
             print(f"{name:<52} {statistics.median(values):>9.3f} {min(values):>7.3f}")
-        print(f"torch imported by list-components: {torch_imported_by_listing(env)}")
-        print(f"torch imported with {args.plugins} plugins: {torch_imported_by_listing(env_many)}")
+        torch_s, validate_s = statistics.median(times[TORCH]), statistics.median(times[VALIDATE])
+        # Per-run differences: the run pairs share the machine's load at that moment.
+        paired = statistics.median(v - t for v, t in zip(times[VALIDATE], times[TORCH], strict=True))
+        print(f"validate - import torch: {validate_s - torch_s:+.3f} s (medians), {paired:+.3f} s (median of "
+              f"paired runs); ratio {validate_s / torch_s:.2f}; target <= +0.5 s: "
+              f"{'met' if validate_s - torch_s <= 0.5 else 'NOT met'}")
+        if args.only == "all":
+            print(f"torch imported by list-components: {torch_imported_by_listing(env)}")
+            print(f"torch imported with {args.plugins} plugins: {torch_imported_by_listing(env_many)}")
 
 
 if __name__ == "__main__":

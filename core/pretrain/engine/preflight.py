@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -71,7 +71,7 @@ def check_model(
     if static.model is None or static.blocking:  # the steps would only fail the same way
         return report
     size = input_size_of(spec, input_size)
-    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+    with torch.random.fork_rng(devices=[]), _one_thread():  # leave the caller's RNG stream untouched
         batches, issues, notes = example_batches(spec, static.model, size, skip=static.skip_splits)
         report.issues += issues
         report.notes += notes
@@ -97,6 +97,21 @@ def check_model(
     report.stages, report.steps, report.device = result.stages, result.records, result.device
     report.cause = report.cause or result.cause
     return report
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread while the steps run.
+
+    Two-sample batches gain nothing from more, and on a busy machine competing threads
+    make them several times slower (measured: 0.07 s vs 0.4 s for the seed spec's step).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _first_shape(x: Any) -> tuple[int, ...]:
