@@ -111,7 +111,7 @@ def test_third_party_component_raising_while_training_is_attributed_to_its_distr
     with pytest.raises(PluginError) as err:
         pretrain.train(fragile_spec(), run_dir=tmp_path / "run")
     text = str(err.value)
-    assert text.startswith("model.backbone: component Fragile at model.backbone (from distribution fake-ssl, "
+    assert text.startswith("model.backbone: component Fragile (from distribution fake-ssl, "
                            "version 0.3.1) raised ValueError: fragile: lost track of its running state while training")
     assert "please report" not in text and "fake-ssl" in (err.value.hint or "")
     assert isinstance(err.value.__cause__, ValueError)  # --debug shows the component's frames
@@ -124,7 +124,7 @@ def test_cli_train_exits_1_naming_the_plugin(ssl, tmp_path):
     res = run_cli("train", str(path), "--run-dir", str(tmp_path / "run"), "--plain")
     flat = " ".join(res.stderr.split())
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "component Fragile at model.backbone (from distribution fake-ssl, version 0.3.1) raised ValueError" in flat
+    assert "model.backbone: component Fragile (from distribution fake-ssl, version 0.3.1) raised ValueError" in flat
     assert "please report" not in flat
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+import traceback
 
 import pytest
 
 from _preflight_fakes import SSL, SSL_EPS, VIEWS, ssl_spec
 from conftest import SPECS, run_cli, write_dist
-from pretrain import load_spec, validate_spec
+from pretrain import SpecError, load_spec, validate_spec
 from pretrain.engine.preflight import check_model
 
 
@@ -57,31 +58,53 @@ def test_data_val_without_multiview_is_named(ssl):
     assert "needs 2 views per batch but got 1" in issue.msg and "data.val.pipeline" in issue.msg
 
 
-def test_validate_cli_reports_it_with_exit_1_and_debug_shows_the_components_frames(ssl, tmp_path):
+def debug_traceback(*args: str) -> str:
+    """What ``pretrain --debug ...`` prints: the error's traceback, causes included."""
+    from pretrain.cli import main
+
+    with pytest.raises(SpecError) as err:
+        main(["--debug", *args])
+    return "".join(traceback.format_exception(err.value))
+
+
+def test_validate_cli_reports_it_with_exit_1_and_debug_shows_the_components_frames(ssl, tmp_path, capsys):
+    from pretrain.cli import main
+
     path = tmp_path / "ssl.json"
     path.write_text(json.dumps(ssl_spec(predictor_in=4)), encoding="utf-8")
-    res = run_cli("validate", str(path), "--json")
-    assert res.returncode == 1
-    (error,) = json.loads(res.stdout)["errors"]
+    assert main(["validate", str(path), "--json"]) == 1
+    (error,) = json.loads(capsys.readouterr().out)["errors"]
     assert error["loc"] == "model.head.predictor" and "fake-ssl" in error["msg"]
-    debug = run_cli("--debug", "validate", str(path))
-    assert debug.returncode == 1
-    assert "fakeplug_ssl/algo.py" in debug.stderr and "in forward" in debug.stderr  # inside MLP.forward
+    shown = debug_traceback("validate", str(path))
+    assert "fakeplug_ssl/algo.py" in shown and "in forward" in shown  # inside MLP.forward
 
 
-def test_meta_unsafe_init_fails_validate_with_the_rule_and_the_traceback_under_debug(ssl, tmp_path):
+def test_meta_unsafe_init_fails_validate_with_the_rule_and_the_traceback_under_debug(ssl, tmp_path, capsys):
+    from pretrain.cli import main
+
     path = tmp_path / "meta.toml"
     path.write_text('[model]\ntype = "ImageClassifier"\n[model.backbone]\ntype = "DropPathRates"\n'
                     '[model.neck]\ntype = "GlobalAveragePooling"\n'
                     '[model.head]\ntype = "LinearClsHead"\nnum_classes = 3\nin_channels = 4\n', encoding="utf-8")
-    res = run_cli("validate", str(path))
-    flat = " ".join(res.stderr.split())
-    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    flat = " ".join(err.split())
+    assert "Traceback" not in err
     assert "model.backbone: building backbone 'DropPathRates' on the meta device failed" in flat
     assert "fake-ssl, version 0.3.1" in flat and "no .item(), .tolist()" in flat
     assert "spec_issues" not in flat  # no guess that blames the wrong method
+    shown = debug_traceback("validate", str(path))
+    assert "fakeplug_ssl/algo.py" in shown and "in __init__" in shown
+
+
+@pytest.mark.slow  # two CLI processes
+def test_validate_in_a_subprocess_exits_1_without_a_traceback(ssl, tmp_path):
+    path = tmp_path / "ssl.json"
+    path.write_text(json.dumps(ssl_spec(predictor_in=4)), encoding="utf-8")
+    res = run_cli("validate", str(path))
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "model.head.predictor" in res.stderr
     debug = run_cli("--debug", "validate", str(path))
-    assert "fakeplug_ssl/algo.py" in debug.stderr and "in __init__" in debug.stderr
+    assert debug.returncode == 1 and "fakeplug_ssl/algo.py" in debug.stderr
 
 
 # ------------------------------------------------------------------------------ built-in algorithms
@@ -147,3 +170,12 @@ def test_a_val_pipeline_that_differs_is_still_fine_when_the_model_accepts_it():
     raw = digits("simclr")
     raw["data"]["val"]["pipeline"] = [dict(VIEWS, pipeline=[])]
     assert issues_of(raw) == []
+
+
+def test_builtin_width_checks_point_at_the_field_and_the_component():
+    raw = digits("byol")
+    raw["model"]["head"]["predictor"]["in_channels"] = 32
+    (issue,) = issues_of(raw)
+    assert issue.loc == "model.head.predictor.in_channels"
+    assert "is 32, but the width model.neck outputs (out_channels) is 64" in issue.msg
+    assert "(raised while building BYOL, from pretrain " in issue.msg

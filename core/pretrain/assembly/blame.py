@@ -248,7 +248,7 @@ def plugin_error(exc: BaseException, *, during: str = "") -> PluginError | None:
         return None
     where = f"{culprit.component.loc}: " if culprit.component is not None else ""
     return PluginError(
-        f"{where}{culprit.describe()} raised {_summary(exc)}{(' ' + during) if during else ''}",
+        f"{where}{culprit.describe(with_loc=False)} raised {_summary(exc)}{(' ' + during) if during else ''}",
         hint=f"This comes from {culprit.distribution}, not from pretrain: check the values the spec gives it"
         f"{f' ({culprit.component.loc})' if culprit.component else ''}, report it to its authors, or run "
         "with --debug for the traceback. Checkpoints written before it failed are intact.",

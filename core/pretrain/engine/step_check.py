@@ -101,7 +101,7 @@ class StepResult:
 
 
 def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")" if t.dim() else "scalar"
+    return str(tuple(int(d) for d in t.shape)) if t.dim() else "scalar"
 
 
 def describe_batch(x: Any) -> str:
