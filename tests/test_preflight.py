@@ -179,3 +179,12 @@ def test_builtin_width_checks_point_at_the_field_and_the_component():
     assert issue.loc == "model.head.predictor.in_channels"
     assert "is 32, but the width model.neck outputs (out_channels) is 64" in issue.msg
     assert "(raised while building BYOL, from pretrain " in issue.msg
+
+
+def test_a_component_that_cannot_run_on_the_cpu_opts_out_with_a_reason(ssl, monkeypatch):
+    import fakeplug_ssl.algo as algo
+
+    monkeypatch.setattr(algo.MLP, "skip_step_check", "needs CUDA kernels", raising=False)
+    report = check_model(validate_spec(ssl_spec(predictor_in=4)))  # the width error goes unseen
+    assert report.issues == [] and report.steps == []
+    assert report.notes == ["the steps were not run: model.neck (MLP) opts out (needs CUDA kernels)"]

@@ -9,7 +9,9 @@
    batch and the evaluation step on a ``data.val`` batch, both made by the spec's own
    pipelines (or the model's example input without ``[data]``), on real CPU tensors
    for small models and on the meta device for large ones (repeated on the CPU when
-   the meta device cannot run them).
+   the meta device cannot run them). A component class whose code runs only on an
+   accelerator opts out with ``skip_step_check: ClassVar[str] = "why"``; the report
+   then notes that the steps were not run.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def check_model(
     static = check_static(spec)
     report = static.report
     if static.model is None or static.blocking:  # the steps would only fail the same way
+        return report
+    opted_out = [(node, getattr(node.cls, "skip_step_check", None)) for node in spec.model.walk()]
+    opted_out = [(node, reason) for node, reason in opted_out if reason]
+    if opted_out:  # e.g. code that only runs on CUDA: neither the CPU nor meta can run the steps
+        node, reason = opted_out[0]
+        report.notes.append(f"the steps were not run: {node.loc} ({node.type_name}) opts out ({reason})")
         return report
     size = input_size_of(spec, input_size)
     with torch.random.fork_rng(devices=[]), _one_thread():  # leave the caller's RNG stream untouched
