@@ -224,3 +224,19 @@ def test_new_plugin_takes_distribution_and_package_names(tmp_path, capsys):
                         ({"package": "json"}, "would shadow"), ({"package": "torch"}, "would shadow")):
         with pytest.raises(PretrainError, match=needle):
             plan_plugin("orchid", ["loss"], **bad)
+
+
+def test_a_dataloader_workers_text_traceback_is_attributed(ssl):
+    import fakeplug_ssl.algo as algo
+
+    from pretrain.assembly.blame import unexpected_error
+
+    # What torch's DataLoader raises in the main process for an exception in a worker.
+    text = ("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            '  File "/site-packages/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
+            f'  File "{algo.__file__}", line 90, in forward\nValueError: bad crop')
+    try:
+        raise ValueError(text)
+    except ValueError as exc:
+        error = unexpected_error(exc, "`pretrain train`")
+    assert isinstance(error, PluginError) and "code in fakeplug_ssl.algo (from distribution fake-ssl" in error.message

@@ -19,6 +19,9 @@ was ever imported.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import types
 import weakref
 from collections.abc import Iterator
@@ -198,6 +201,27 @@ def frames(exc: BaseException) -> Iterator[types.FrameType]:
             yield frame
 
 
+_FILE_LINE = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+', re.MULTILINE)
+
+
+def _text_traceback_modules(exc: BaseException) -> list[str]:
+    """Modules of the frames in a traceback quoted in ``exc``'s message, innermost first.
+
+    torch's DataLoader re-raises a worker's exception in the main process with the
+    worker's traceback as text ("Original Traceback (most recent call last): ...").
+    """
+    text = str(exc)
+    if "Traceback (most recent call last)" not in text:
+        return []
+    by_file: dict[str, str] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            by_file[os.path.realpath(path)] = name
+    found = [by_file.get(os.path.realpath(m["path"])) for m in _FILE_LINE.finditer(text)]
+    return [name for name in reversed(found) if name]
+
+
 def blame(exc: BaseException) -> Culprit | None:
     """The component and the distribution whose code raised ``exc`` (see the module docs).
 
@@ -208,6 +232,12 @@ def blame(exc: BaseException) -> Culprit | None:
     owners = _module_owners()
     component: Origin | None = None
     found: tuple[_Owner, str] | None = None
+    for module in _text_traceback_modules(exc):
+        # A DataLoader worker's exception comes back with its frames as text only.
+        owner = _owner(module, owners)
+        if owner is not None:
+            found = (owner, module)
+            break
     for frame in frames(exc):
         if component is None:
             origin = origin_of(frame.f_locals.get("self"))
