@@ -141,9 +141,15 @@ def _map(x: Any, fn: Callable[[Tensor], Tensor]) -> Any:
 # ------------------------------------------------------------------------------ example batches
 
 
-def _raw_size(spec: ValidatedSpec, node: ComponentNode, default: tuple[int, int]) -> tuple[tuple[int, int], bool]:
-    """Image size a dataset yields before its pipeline, and whether the spec says so."""
-    size = node.params.get("image_size")
+def _raw_size(spec: ValidatedSpec, dataset: Any, default: tuple[int, int]) -> tuple[tuple[int, int], bool]:
+    """Image size a dataset yields before its pipeline, and whether the spec says so.
+
+    ``dataset`` is its validated node (or, from Python, an already built dataset).
+    """
+    if isinstance(dataset, ComponentNode):
+        size = dataset.params.get("image_size")
+    else:
+        size = getattr(dataset, "image_size", None)
     if isinstance(size, int) and not isinstance(size, bool):
         return (size, size), True
     data = spec.sections.get("data")

@@ -164,7 +164,8 @@ def check_import_side_effects(subject: Subject) -> None:
     if module_name == "__main__" or "<locals>" in subject.cls.__qualname__ or module_name not in sys.modules:
         return  # not re-importable: nothing to observe
     before = _snapshot()
-    scratch = Registry(autoload=False, validator=None)
+    # Entry points are not what this looks at: no metadata scan (_scanned empty).
+    scratch = Registry(autoload=False, validator=None, _scanned=[], _plugin_eps=[])
     previous = set_registry(scratch)
     saved = sys.modules.pop(module_name)
     parent_name, _, leaf = module_name.rpartition(".")
@@ -182,7 +183,7 @@ def check_import_side_effects(subject: Subject) -> None:
         sys.modules[module_name] = saved
         if parent is not None and parent_attr is not None:
             setattr(parent, leaf, parent_attr)
-    registered = [r for r in scratch.entries() if r.source != "entry-point"]
+    registered = scratch.entries()
     if registered:
         raise subject.fail(
             name, f"its module {module_name} registered components at import: "
