@@ -234,7 +234,7 @@ class IndexOnlyLoss(BaseLoss):
 
 
 def test_batch_augments_with_an_index_only_loss_fail_validation(registry):
-    from pretrain.assembly.shapes import check_model
+    from pretrain.engine.preflight import check_model
 
     registry.register("loss", "IndexOnlyLoss", IndexOnlyLoss)
     spec = cifar_spec(batch_augments=[{"type": "Mixup", "alpha": 0.8}])

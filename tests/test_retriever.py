@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.assembly.shapes import check_model
+from pretrain.engine.preflight import check_model
 from pretrain.errors import PretrainError, SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import validate_spec

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from _fake_components import GOOD
 from conftest import write_dist
 from pretrain import SpecError, load_spec, validate_spec
-from pretrain.assembly.shapes import check_model
+from pretrain.engine.preflight import check_model
 
 EPS = {
     "pretrain.backbones": {"TinyNet": "fakeplug_good.comps:TinyNet"},

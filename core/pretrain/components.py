@@ -96,8 +96,10 @@ BatchAugmentRef = Annotated[nn.Module, ComponentRef("batch_augment")]
 class BaseBackbone(nn.Module):
     """Backbone contract: ``forward(x) -> tuple[Tensor, ...]``, one per ``out_indices``.
 
-    Optional: ``get_layer_depth(param_name) -> (layer_id, num_layers)`` enables
-    layer-wise learning-rate decay; ``frozen_stages``/``norm_eval`` honoured in ``train``.
+    Optional: ``get_layer_depth(param_name: str, prefix: str = "") -> tuple[int, int]``
+    (MMPretrain's signature) returns ``(layer_id, num_layers)`` of a parameter and
+    enables layer-wise learning-rate decay; the trainer passes the name relative to
+    the backbone and no ``prefix``. ``frozen_stages``/``norm_eval`` honoured in ``train``.
     """
 
     component_kind: ClassVar[str] = "backbone"

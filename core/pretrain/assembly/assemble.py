@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pretrain.assembly.blame import Origin, remember
 from pretrain.errors import PretrainError, SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import ComponentNode, ValidatedSpec, ValidationContext, validate_spec
@@ -20,7 +21,42 @@ from pretrain.spec.validate import ComponentNode, ValidatedSpec, ValidationConte
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["build", "build_from_spec", "build_model", "build_node", "build_tree"]
+__all__ = [
+    "META_RULE",
+    "build",
+    "build_from_spec",
+    "build_model",
+    "build_node",
+    "build_on_meta",
+    "build_tree",
+    "building_on_meta",
+    "construction_error",
+    "failed_origin",
+    "is_meta_limitation",
+]
+
+
+#: What ``__init__`` must not do on the meta device, for error hints and the docs.
+META_RULE = (
+    "`pretrain validate`, `pretrain train` and `pretrain eval` first build every component on the meta "
+    "device (tensors with shapes but no values), so __init__ must not read tensor values: no .item(), "
+    ".tolist(), float(t)/int(t) or data-dependent Python such as `if t > 0` on tensors it creates; compute "
+    "such numbers with plain Python (e.g. [i * rate / (n - 1) for i in range(n)] instead of "
+    "torch.linspace(0, rate, n).tolist())"
+)
+
+
+def is_meta_limitation(exc: BaseException) -> bool:
+    """Whether ``exc`` says a meta tensor was asked for its values (or an op has no meta kernel)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "meta" in text or "unsupported scalartype" in text
+
+
+def building_on_meta() -> bool:
+    """Whether tensors created now land on the meta device (inside ``with torch.device("meta")``)."""
+    import torch
+
+    return torch.get_default_device().type == "meta"
 
 
 def _construct(node: ComponentNode, built: dict[int, Any]) -> Any:
@@ -32,21 +68,42 @@ def _construct(node: ComponentNode, built: dict[int, Any]) -> Any:
             kwargs[name] = None if child is None else _construct(child, built)
     try:
         obj = node.cls(**kwargs)
-    except PretrainError:
+    except PretrainError as exc:
+        if failed_origin(exc) is None:  # the innermost component that refused to build
+            setattr(exc, _FAILED, Origin(node.loc, node.type_name, node.record))
         raise
     except Exception as exc:
-        r = node.record
-        raise PretrainError(
-            f"{node.loc}: building {node.kind} {node.type_name!r} failed: "
-            f"{type(exc).__name__}: {exc}",
-            hint=(
-                f"The spec passed validation, so either a value is out of the range this "
-                f"component supports or {r.value} (from {r.distribution} {r.version}) has a "
-                "bug; its spec_issues() should have caught this."
-            ),
-        ) from exc
+        raise construction_error(node, exc, meta=building_on_meta()) from exc
     built[id(node)] = obj
+    remember(obj, node.loc, node.type_name, node.record)
     return obj
+
+
+_FAILED = "_pretrain_failed_component"
+
+
+def failed_origin(exc: BaseException) -> Origin | None:
+    """The component whose ``__init__`` raised the :class:`PretrainError` ``exc``, if one did."""
+    origin = getattr(exc, _FAILED, None)
+    return origin if isinstance(origin, Origin) else None
+
+
+def construction_error(node: ComponentNode, exc: BaseException, *, meta: bool) -> PretrainError:
+    """The error for a component whose ``__init__`` raised ``exc`` (``meta``: on the meta device)."""
+    r = node.record
+    origin = (" (registered in this process)" if r.source == "runtime"
+              else f" (from distribution {r.distribution}, version {r.version})")
+    where = " on the meta device" if meta else ""
+    message = (f"{node.loc}: building {node.kind} {node.type_name!r}{where} failed: {type(exc).__name__}: {exc}")
+    if meta and is_meta_limitation(exc):
+        hint = f"{r.value}{origin}: {META_RULE}. Run with --debug for the traceback inside the component."
+    else:
+        hint = (f"The spec passed validation, so {r.value}{origin} rejected these values in its __init__: "
+                "check them against its documentation (`pretrain describe "
+                f"{node.type_name}`), or run with --debug for the traceback inside the component.")
+    error = PretrainError(message, hint=hint)
+    setattr(error, _FAILED, Origin(node.loc, node.type_name, node.record))
+    return error
 
 
 @functools.cache
@@ -85,7 +142,14 @@ def _initialise(root: ComponentNode, built: dict[int, Any], console: Console | N
             for node in reversed(order):
                 hook = getattr(built.get(id(node)), "post_init_weights", None)
                 if callable(hook):
-                    hook()
+                    try:
+                        hook()
+                    except PretrainError:
+                        raise
+                    except Exception as exc:
+                        error = construction_error(node, exc, meta=on_meta)
+                        raise PretrainError(error.message.replace("building", "post_init_weights() of", 1),
+                                            hint=error.hint) from exc
 
 
 def build_tree(
@@ -100,6 +164,22 @@ def build_tree(
     if init:
         _initialise(node, built, console)
     return obj, built
+
+
+def build_on_meta(node: ComponentNode) -> tuple[Any, dict[int, Any]]:
+    """:func:`build_tree` on the meta device, as ``validate``/``train``/``eval`` do first.
+
+    Every tensor gets a shape and no storage: no weight memory, no init work. A
+    component whose ``__init__`` reads tensor values fails here (see :data:`META_RULE`).
+
+    Raises:
+        PretrainError: A component failed to build; the message starts with its spec path.
+
+    """
+    import torch
+
+    with torch.device("meta"):
+        return build_tree(node)
 
 
 def build_node(node: ComponentNode, *, init: bool = True, console: Console | None = None) -> Any:

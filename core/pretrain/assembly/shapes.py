@@ -1,7 +1,9 @@
-"""Cross-component checks on the ``meta`` device: shapes and loss target kinds.
+"""The static model checks of ``pretrain validate`` (and of ``train``/``eval`` before anything is created).
 
-The model is built with meta tensors (no weight memory, no init work) and a
-``(2, C, H, W)`` meta batch is pushed through backbone -> neck -> head. A
+The model is built on the ``meta`` device (no weight memory, no init work), loss
+target kinds are matched to their heads, and the model's declared data requirements
+are checked against ``[data]``. The training and evaluation steps run on top of this
+in :mod:`pretrain.engine.preflight`, which uses the width comparison here, so that a
 mismatch names both spec paths and both numbers, e.g.::
 
     model.head.in_channels: is 256, but model.backbone (ResNet_CIFAR) outputs 512 channels
@@ -10,34 +12,54 @@ mismatch names both spec paths and both numbers, e.g.::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from pretrain.assembly.assemble import build_on_meta, failed_origin
+from pretrain.assembly.data_checks import data_requirement_issues
 from pretrain.errors import PretrainError, SpecIssue
 from pretrain.spec.limits import max_params, params_over_ceiling
 from pretrain.spec.validate import ComponentNode, ValidatedSpec
 
-__all__ = ["ShapeReport", "check_model", "embeddings_width"]
+__all__ = ["ShapeReport", "StaticCheck", "build_issue", "check_static", "compare_width", "input_size", "stage_output"]
 
 
 @dataclass
 class ShapeReport:
-    """Result of :func:`check_model`."""
+    """Result of the model checks (:func:`pretrain.engine.preflight.check_model`).
+
+    Attributes:
+        issues: Every problem found, each with its spec path.
+        params: Parameters of the model.
+        trainable: Parameters that require grad.
+        input_shape: Shape of the first example batch's images.
+        stages: ``(spec path, output)`` of backbone, neck and head.
+        steps: The steps that ran (split, call, inputs, output).
+        device: Where the steps ran (``cpu`` or ``meta``).
+        notes: What was not checked, and why.
+        cause: The exception behind the first issue, if one raised (``--debug`` shows it).
+
+    """
 
     issues: list[SpecIssue]
     params: int
     trainable: int
     input_shape: tuple[int, ...]
     stages: list[tuple[str, str]]  # (spec path, output shape description)
+    steps: list[Any] = field(default_factory=list)  # pretrain.engine.step_check.StepRecord
+    device: str = "meta"
+    notes: list[str] = field(default_factory=list)
+    cause: BaseException | None = None
 
 
-def _describe(value: Any) -> str:
+def stage_output(value: Any) -> str:
+    """``(2, 512, 4, 4)``, ``tuple[(2, 512)]``: a stage's output for messages."""
     import torch
 
     if isinstance(value, torch.Tensor):
-        return "(" + ", ".join(str(d) for d in value.shape) + ")"
+        return "(" + ", ".join(str(d) for d in value.shape) + ")" if value.dim() else "scalar"
     if isinstance(value, (tuple, list)):
-        return "tuple[" + ", ".join(_describe(v) for v in value) + "]"
+        return "tuple[" + ", ".join(stage_output(v) for v in value) + "]"
     return type(value).__name__
 
 
@@ -52,7 +74,8 @@ def _channels(value: Any) -> int | None:
     return int(value.shape[-1] if value.dim() == 3 else value.shape[1])
 
 
-def _input_size(spec: ValidatedSpec, override: Sequence[int] | None) -> tuple[int, int]:
+def input_size(spec: ValidatedSpec, override: Sequence[int] | None) -> tuple[int, int]:
+    """``(H, W)`` of the model's input: ``override``, ``data.image_size``, the backbone's, or 224."""
     if override:
         size = list(override)
     else:
@@ -70,109 +93,70 @@ def _input_size(spec: ValidatedSpec, override: Sequence[int] | None) -> tuple[in
     return int(size[0]), int(size[1])
 
 
-def _loc_type(node: ComponentNode | None) -> str:
-    return f"{node.loc} ({node.type_name})" if node else "?"
+@dataclass
+class StaticCheck:
+    """What :func:`check_static` found, and the meta-built model it found it on."""
+
+    report: ShapeReport
+    model: Any = None
+    built: dict[int, Any] = field(default_factory=dict)
+    skip_splits: tuple[str, ...] = ()  # splits whose data requirements already failed
+    blocking: bool = False  # an issue every step would run into (a loss that cannot take its targets)
 
 
-def check_model(spec: ValidatedSpec, *, input_size: Sequence[int] | None = None) -> ShapeReport:
-    """Build the model on ``meta`` and check it end to end.
+def check_static(spec: ValidatedSpec) -> StaticCheck:
+    """The checks that need no forward pass: meta build, loss target kinds, data requirements.
 
-    Args:
-        spec: A validated spec.
-        input_size: ``(H, W)`` of the input; default ``data.image_size``, the backbone's
-            ``img_size``, or 224.
-
-    Returns:
-        A report with every issue found and the parameter counts.
-
+    Every component is built on the meta device (as training does before allocating
+    weights), each loss's target kind is matched to what its head supplies, and the
+    model's declared data requirements (views per sample, batch size vs. queue) are
+    checked against ``[data]`` (:mod:`pretrain.assembly.data_checks`). The steps that
+    run the model come on top, in :func:`pretrain.engine.preflight.check_model`.
     """
-    import torch
-
-    from pretrain.assembly.assemble import build_tree
-
-    issues: list[SpecIssue] = []
-    stages: list[tuple[str, str]] = []
     root = spec.model
     try:
-        with torch.device("meta"):
-            model, built = build_tree(root)
+        model, built = build_on_meta(root)
     except PretrainError as exc:
-        # The message already starts with the failing component's path.
-        return ShapeReport([SpecIssue("", str(exc))], 0, 0, (), [])
+        return StaticCheck(ShapeReport([build_issue(exc)], 0, 0, (), [], cause=exc))
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ceiling = max_params()
-    if params > ceiling:  # before the forward pass, which is slow for absurd models
-        return ShapeReport([SpecIssue(root.loc, params_over_ceiling(params, ceiling))], params, trainable, (), [])
-    height, width = _input_size(spec, input_size)
-    channels = int(getattr(model, "in_channels", 3) or 3)
-    shape = (2, channels, height, width)
-    issues += _check_targets(root, built, model)
-    backbone_node, neck_node, head_node = (root.child(n) for n in ("backbone", "neck", "head"))
-    backbone = getattr(model, "backbone", None)
-    if backbone_node is None or backbone is None:
-        return ShapeReport(issues, params, trainable, shape, stages)
-    x = torch.empty(shape, device="meta")
-    try:
-        feats = backbone(x)
-    except Exception as exc:
-        issues.append(SpecIssue(backbone_node.loc, f"forward fails on a {shape} input: {exc}"))
-        return ShapeReport(issues, params, trainable, shape, stages)
-    stages.append((backbone_node.loc, _describe(feats)))
-    source = _loc_type(backbone_node)
-    neck = getattr(model, "neck", None)
-    if neck_node is not None and neck is not None:
-        issues += _compare(neck_node, feats, source)
-        try:
-            feats = neck(feats)
-        except Exception as exc:
-            issues.append(SpecIssue(neck_node.loc, f"forward fails on {source}'s output {_describe(feats)}: {exc}"))
-            return ShapeReport(issues, params, trainable, shape, stages)
-        stages.append((neck_node.loc, _describe(feats)))
-        source = f"{source} through {_loc_type(neck_node)}"
-    issues += _check_gallery_file(spec, feats, source)
-    head = getattr(model, "head", None)
-    if head_node is not None and head is not None:
-        mismatch = _compare(head_node, feats, source)
-        issues += mismatch
-        if not mismatch:
-            try:
-                out = head.predict(feats) if hasattr(head, "predict") else head(feats)
-                stages.append((head_node.loc, _describe(out)))
-            except Exception as exc:
-                issues.append(
-                    SpecIssue(head_node.loc, f"forward fails on {source}'s output {_describe(feats)}: {exc}")
-                )
-    return ShapeReport(issues, params, trainable, shape, stages)
+    if params > ceiling:  # before any step, which is slow for absurd models
+        report = ShapeReport([SpecIssue(root.loc, params_over_ceiling(params, ceiling))], params, trainable, (), [])
+        return StaticCheck(report, model, built, (), blocking=True)
+    issues = _check_targets(root, built, model)
+    blocking = bool(issues)
+    declared = data_requirement_issues(spec)
+    for found in declared.values():
+        issues += found
+    report = ShapeReport(issues, params, trainable, (), [])
+    return StaticCheck(report, model, built, tuple(declared), blocking)
 
 
-def embeddings_width(path: str) -> int | None:
-    """The feature width of an embeddings file, from its header alone (None if unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            shape = f.get_slice("features").get_shape()
-    except Exception:  # not ours, damaged: loading it reports that in full
-        return None
-    return int(shape[1]) if len(shape) == 2 else None
-
-
-def _check_gallery_file(spec: ValidatedSpec, feats: Any, source: str) -> list[SpecIssue]:
-    """A saved gallery must have the width of the features the model produces."""
-    from pretrain.spec.data_section import GalleryFile
-
-    gallery = getattr(spec.sections.get("data"), "gallery", None)
-    if not isinstance(gallery, GalleryFile):
-        return []
-    width, have = embeddings_width(gallery.path), _channels(feats)
-    if width is None or have is None or width == have:
-        return []
-    return [SpecIssue(f"{gallery.loc}.embeddings", f"{gallery.path} holds {width}-wide features, but {source} "
-                      f"outputs {have}; embed the gallery with this model (`pretrain embed ... --split gallery`)")]
+def build_issue(exc: PretrainError) -> SpecIssue:
+    """A build failure as one issue at the failing component's spec path, naming its distribution."""
+    origin = failed_origin(exc)
+    message = exc.message
+    loc = ""
+    if origin is not None and message.startswith(f"{origin.loc}: "):
+        loc, message = origin.loc, message[len(origin.loc) + 2:]
+    else:
+        head, _, rest = message.partition(" ")
+        if head.startswith("model") and "." in head and rest and " " not in head:
+            loc, message = head.rstrip(":"), rest  # "model.feat_dim is 16, but ..."
+        elif origin is not None:
+            loc = origin.loc
+        if origin is not None:
+            r = origin.record
+            by = "registered in this process" if r.source == "runtime" else f"from {r.distribution} {r.version}"
+            message += f" (raised while building {origin.type_name}, {by})"
+    if exc.hint:
+        message += f". {exc.hint}"
+    return SpecIssue(loc, message)
 
 
-def _compare(node: ComponentNode, feats: Any, source: str) -> list[SpecIssue]:
+def compare_width(node: ComponentNode, feats: Any, source: str) -> list[SpecIssue]:
+    """``node.in_channels`` against the width of ``feats`` (what ``source`` outputs)."""
     # Some components use `in_channels` for something else (MAE's head: image channels).
     if not getattr(node.cls, "shape_check_in_channels", True):
         return []
@@ -183,7 +167,7 @@ def _compare(node: ComponentNode, feats: Any, source: str) -> list[SpecIssue]:
             SpecIssue(
                 f"{node.loc}.in_channels",
                 f"is {expected}, but {source} outputs {actual} channels "
-                f"(shape {_describe(feats)}); set {node.loc}.in_channels = {actual}",
+                f"(shape {stage_output(feats)}); set {node.loc}.in_channels = {actual}",
             )
         ]
     return []

@@ -7,7 +7,7 @@ from typing import Any
 
 from pretrain.registry.kinds import KIND_INFO, KINDS
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "constraints", "cross_field_checks", "run"]
 
 
 def add_parser(sub: Any) -> None:
@@ -58,16 +58,69 @@ def run(args: argparse.Namespace) -> int:
         _print_converter(record, cls, as_json=args.json)
         return 0
     schema = component_schema(cls, kind, record.name)
+    document = component_json_schema(record, schema, registry)
+    if not KIND_INFO[kind].weights:  # datasets, transforms, batch augments: no weights to initialise
+        document["properties"].pop("init", None)
+        document["$defs"].pop("init_rules", None)
+    checks = cross_field_checks(cls)
+    if checks:
+        document["x-cross-field-checks"] = [f"{name}: {text}" for name, text in checks]
     if args.json:
         from pretrain.cli._console import print_json
 
-        print_json(component_json_schema(record, schema, registry))
+        print_json(document)
         return 0
-    _print_human(record, schema)
+    _print_human(record, schema, document, checks)
     return 0
 
 
-def _print_human(record: Any, schema: Any) -> None:
+#: Class methods whose docstrings document checks between fields (and against [data]).
+_CHECK_METHODS = {
+    "spec_issues": "checked when the spec is validated",
+    "data_issues": "checked against [data] by `pretrain validate`",
+}
+
+
+def cross_field_checks(cls: type) -> list[tuple[str, str]]:
+    """``(method, first docstring paragraph)`` of the checks a class documents beyond its field types."""
+    import inspect
+
+    found = []
+    for name, when in _CHECK_METHODS.items():
+        method = getattr(cls, name, None)
+        doc = inspect.getdoc(method) if callable(method) else None
+        if doc:
+            found.append((f"{name} ({when})", " ".join(doc.split("\n\n")[0].split())))
+    return found
+
+
+def constraints(prop: dict[str, Any]) -> str:
+    """A field's value constraints from its JSON Schema: ``> 0``, ``0 <= x <= 1``, ``each > 0``."""
+    parts = []
+    bounds = (("exclusiveMinimum", "> {}"), ("minimum", ">= {}"), ("exclusiveMaximum", "< {}"),
+              ("maximum", "<= {}"), ("multipleOf", "multiple of {}"), ("minLength", "length >= {}"),
+              ("maxLength", "length <= {}"), ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
+              ("pattern", "matches {}"))
+    for key, template in bounds:
+        if key in prop:
+            parts.append(template.format(prop[key]))
+    for key in ("items",):
+        inner = constraints(prop[key]) if isinstance(prop.get(key), dict) else ""
+        if inner:
+            parts.append(f"each {inner}")
+    for item in prop.get("prefixItems") or []:
+        inner = constraints(item) if isinstance(item, dict) else ""
+        if inner and f"each {inner}" not in parts:
+            parts.append(f"each {inner}")
+    for member in prop.get("anyOf") or []:
+        inner = constraints(member) if isinstance(member, dict) else ""
+        for part in inner.split(", ") if inner else []:
+            if part not in parts:
+                parts.append(part)
+    return ", ".join(parts)
+
+
+def _print_human(record: Any, schema: Any, document: dict[str, Any], checks: list[tuple[str, str]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -79,8 +132,9 @@ def _print_human(record: Any, schema: Any) -> None:
     if schema.doc:
         console.print(escape(schema.doc.split("Args:")[0].strip()) + "\n")
     table = Table(title="Fields", title_justify="left")
-    for col in ("field", "type", "default", "description"):
+    for col in ("field", "type", "default", "constraints", "description"):
         table.add_column(col, overflow="fold")
+    properties = document.get("properties", {})
     for name, info in schema.model.model_fields.items():
         nested = schema.nested.get(name)
         if nested is not None:
@@ -89,11 +143,14 @@ def _print_human(record: Any, schema: Any) -> None:
         else:
             typ = describe_type(info.annotation)
             default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        table.add_row(name, escape(typ), escape(default), escape(schema.descriptions.get(name, "")))
-    if schema.takes_init:
-        table.add_row("init", "list of init rules", "class default",
-                      "weight initialisation rules (Kaiming, Normal, Pretrained, ...)")
+        limits = constraints(properties.get(name, {}))
+        table.add_row(name, escape(typ), escape(default), escape(limits), escape(schema.descriptions.get(name, "")))
+    if "init" in properties:  # only components that own weights take init rules
+        table.add_row("init", "list of init rules", "class default", "",
+                      "weight initialisation rules (Kaiming, Normal, Pretrained, ...); see docs/writing-plugins.md")
     console.print(table)
+    for name, text in checks:
+        console.print(f"[bold]checks[/] {escape(name)}: {escape(text)}")
 
 
 def _print_converter(record: Any, cls: Any, *, as_json: bool) -> None:

@@ -83,6 +83,9 @@ def run_cli(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from pretrain.cli._plugins import strict_check
+
+        strict_check()  # strict mode: any broken installed plugin fails every command
         return int(run(args) or 0)
     except PretrainError as exc:
         if args.debug:
@@ -97,9 +100,11 @@ def run_cli(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        from pretrain.assembly.blame import unexpected_error
         from pretrain.cli._console import print_error
 
-        print_error(unexpected_error(exc, args.command))
+        # "please report it" only when pretrain's own code raised; a plugin's fault names the plugin.
+        print_error(unexpected_error(exc, f"`pretrain {args.command}`"))
         return 1
 
 

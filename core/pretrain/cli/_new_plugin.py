@@ -1,11 +1,12 @@
-"""``pretrain new-plugin NAME``: scaffold an installable plugin package that passes its own tests.
+"""``pretrain new-plugin NAME [--dist DIST] [--package PKG]``: scaffold a plugin package that passes its tests.
 
 The package has a ``pyproject.toml`` with one entry point per component, one
 typed component per requested kind (``src/<package>/``), tests that run the
 conformance kit, a spec that trains the components on the bundled digits, and a
 README with the commands::
 
-    pretrain new-plugin acme
+    pretrain new-plugin acme                  # distribution pretrain-acme, package pretrain_acme
+    pretrain new-plugin orchid --dist orchid-vision --package orchid_vision
     pip install ./pretrain-acme
     pytest pretrain-acme/tests
     pretrain train pretrain-acme/acme.toml
@@ -45,7 +46,12 @@ def add_parser(sub: Any) -> None:
             "components on the bundled digits, and a README. It passes its tests as generated."
         ),
     )
-    p.add_argument("name", help="plugin name, e.g. acme (distribution pretrain-acme, package pretrain_acme)")
+    p.add_argument("name", help="plugin name, e.g. acme: class names AcmeBackbone, ...; distribution "
+                   "pretrain-acme and package pretrain_acme unless --dist/--package say otherwise")
+    p.add_argument("--dist", metavar="DIST", help="distribution name (what `pip install` and `pretrain plugins` "
+                   "show), e.g. orchid-vision; default pretrain-NAME")
+    p.add_argument("--package", metavar="PKG", help="import package name, e.g. orchid_vision; default: the "
+                   "distribution name with - replaced by _")
     p.add_argument("--kinds", default=",".join(KINDS), metavar="K1,K2",
                    help=f"component kinds to write (default: all of {','.join(KINDS)})")
     p.add_argument("--dir", metavar="D", help="output directory (default: ./<distribution>)")
@@ -76,11 +82,37 @@ def _fail(message: str, hint: str | None = None) -> Exception:
     return PretrainError(message, hint=hint)
 
 
-def plan_plugin(name: str, kinds: list[str] | tuple[str, ...] = KINDS) -> PluginPlan:
+_DIST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+#: Import names a plugin package must not take (they would shadow pretrain or its dependencies).
+_TAKEN = frozenset({"pretrain", "pretrain_builtins", "torch", "torchvision", "pydantic", "rich", "pluggy",
+                    "safetensors", "numpy", "tests", "test"})
+
+
+def _check_package(package: str) -> None:
+    import keyword
+    import sys
+
+    if not package.isidentifier() or keyword.iskeyword(package) or not package.isascii():
+        raise _fail(f"invalid --package {package!r}: it must be a Python identifier",
+                    "Use lower-case letters, digits and _, e.g. orchid_vision.")
+    if package in _TAKEN or package in sys.stdlib_module_names:
+        raise _fail(f"--package {package!r} would shadow an existing module of that name",
+                    "Choose a name of your own, e.g. one that starts with your organisation's name.")
+
+
+def plan_plugin(
+    name: str, kinds: list[str] | tuple[str, ...] = KINDS, *, dist: str | None = None, package: str | None = None,
+) -> PluginPlan:
     """Compute every file of the plugin ``name`` providing ``kinds`` (nothing is written).
 
+    Args:
+        name: Plugin name; the component classes are ``<Name>Backbone``, ``<Name>Head``, ...
+        kinds: Component kinds to write.
+        dist: Distribution name (default ``pretrain-<name>``).
+        package: Import package (default: ``dist`` with ``-`` and ``.`` replaced by ``_``).
+
     Raises:
-        PretrainError: Invalid name or unknown kind.
+        PretrainError: Invalid name, distribution or package, or an unknown kind.
 
     """
     from pretrain import __version__
@@ -95,8 +127,13 @@ def plan_plugin(name: str, kinds: list[str] | tuple[str, ...] = KINDS) -> Plugin
         raise _fail(f"unknown kind(s) {', '.join(unknown) or '(none given)'} for --kinds",
                     f"Choose from {','.join(KINDS)}.")
     kinds = tuple(k for k in KINDS if k in kinds)
-    dist = f"pretrain-{bare.replace('_', '-')}"
-    package = dist.replace("-", "_")
+    if dist is not None and not _DIST.match(dist.strip()):
+        raise _fail(f"invalid --dist {dist!r}",
+                    "A distribution name has letters, digits, '-', '_' and '.', and starts and ends with a "
+                    "letter or digit, e.g. orchid-vision.")
+    dist = dist.strip() if dist else f"pretrain-{bare.replace('_', '-')}"
+    package = package.strip() if package else re.sub(r"[-.]+", "_", dist).lower()
+    _check_package(package)
     prefix = "".join(part.capitalize() for part in re.split(r"[-_]", bare))
     names = {k: f"{prefix}{suffix}" for k, (_, suffix, _) in _components().items()}
     own = {k: names[k] for k in kinds}
@@ -225,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.cli._console import console
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    plan = plan_plugin(args.name, kinds)
+    plan = plan_plugin(args.name, kinds, dist=args.dist, package=args.package)
     directory = Path(args.dir) if args.dir else Path(plan.dist)
     written = write_plugin(plan, directory, force=args.force)
     names = ", ".join(f"{plan.prefix}{_components()[k][1]}" for k in plan.kinds)

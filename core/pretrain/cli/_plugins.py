@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "collect", "run"]
+__all__ = ["add_parser", "collect", "run", "strict_check"]
 
 
 def add_parser(sub: Any) -> None:
@@ -20,6 +20,44 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run)
+
+
+def strict_check() -> None:
+    """Under ``--strict-plugins`` / ``PRETRAIN_STRICT_PLUGINS=1``, fail if any installed plugin is broken.
+
+    Loads every component and hook plugin (each in isolation, so that all broken ones
+    are named at once, not just the first). Outside strict mode it does nothing and
+    imports nothing.
+
+    Raises:
+        PluginLoadError: One or more plugins are broken; each is named with its
+            distribution, version, entry point and error.
+
+    """
+    from pretrain.registry.registry import get_registry
+
+    registry = get_registry()
+    if not registry.is_strict:
+        return
+    from pretrain.errors import PluginLoadError
+    from pretrain.registry.plugins import load_plugins
+
+    saved = registry.strict
+    registry.strict = False  # record every failure instead of raising on the first
+    try:
+        load_plugins(registry)
+        list(registry.check_all())
+    finally:
+        registry.strict = saved
+    failures = registry.failures()
+    if failures:
+        listed = "; ".join(f.describe() for f in failures)
+        raise PluginLoadError(
+            f"{len(failures)} installed plugin{'s are' if len(failures) != 1 else ' is'} broken "
+            f"(strict mode): {listed}",
+            hint="Fix, reinstall or uninstall them (`pretrain plugins` lists what each distribution "
+            "provides), or run without --strict-plugins / PRETRAIN_STRICT_PLUGINS=1.",
+        )
 
 
 def collect() -> dict[str, Any]:

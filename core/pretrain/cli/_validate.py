@@ -1,4 +1,4 @@
-"""``pretrain validate SPEC``: validate, shape-check on the meta device, summarise."""
+"""``pretrain validate SPEC``: validate, build on the meta device, run one training step, summarise."""
 
 from __future__ import annotations
 
@@ -25,15 +25,22 @@ def add_parser(sub: Any) -> None:
     """Register the subcommand."""
     p = sub.add_parser(
         "validate",
-        help="validate a spec and check shapes without allocating weights",
+        help="validate a spec, build its model and run one training step on example batches",
         description=(
-            "Validate a spec (every error at once, with its path), build the model on the "
-            "meta device to check shapes and loss target kinds, and print a summary."
+            "Validate a spec (every error at once, with its path), build the model on the meta "
+            "device, match loss target kinds to their heads, check the model's data requirements "
+            "(views, batch size) against [data], and run the training step (data.train) and the "
+            "evaluation step (data.val) once on small batches made by the spec's own pipelines. "
+            "An error names the spec path of the component that raised and its distribution."
         ),
     )
     add_spec_arguments(p)
-    p.add_argument("--input-size", metavar="H[,W]", help="input image size for the shape check")
-    p.add_argument("--json", action="store_true", help='print {"ok", "errors", "params"}')
+    p.add_argument("--input-size", metavar="H[,W]",
+                   help="input image size when the spec has no [data] table (default: the backbone's)")
+    p.add_argument("--check-on", choices=("auto", "cpu", "meta"), default="auto",
+                   help="where the steps run: real CPU tensors (exact, fast for small models), the meta "
+                   "device (shapes only, no memory) or auto: the CPU up to 30M parameters")
+    p.add_argument("--json", action="store_true", help='print {"ok", "errors", "params", "steps", ...}')
     p.set_defaults(run=run)
 
 
@@ -55,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
     report = None
     try:
         spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
-        from pretrain.assembly.shapes import check_model
+        from pretrain.engine.preflight import check_model
 
-        report = check_model(spec, input_size=size)
+        report = check_model(spec, input_size=size, device=args.check_on)
         if report.issues:
-            raise SpecError(report.issues, source=args.spec)
+            # Chained, so that --debug shows the traceback inside the component that raised.
+            raise SpecError(report.issues, source=args.spec) from report.cause
     except SpecError as exc:
         if not args.json:
             raise
@@ -76,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
         print_json({"ok": True, "errors": [], "params": report.params, "trainable_params": report.trainable,
                     "input_shape": list(report.input_shape),
-                    "stages": [{"loc": loc, "output": out} for loc, out in report.stages]})
+                    "stages": [{"loc": loc, "output": out} for loc, out in report.stages],
+                    "steps": [{"split": r.split, "call": r.call, "inputs": r.inputs, "output": r.output}
+                              for r in report.steps],
+                    "checked_on": report.device, "notes": report.notes})
         return 0
     _print_summary(spec, report)
     return 0
@@ -103,4 +114,10 @@ def _print_summary(spec: Any, report: Any) -> None:
     add(tree, spec.model)
     console.print(tree)
     console.print(f"input {tuple(report.input_shape)}; parameters: {report.params:,} ({report.trainable:,} trainable)")
+    for record in report.steps:
+        split = "example input" if record.split == "example" else f"data.{record.split}"
+        console.print(f"step ({split}, {report.device}): {escape(record.call)} on {escape(record.inputs)} "
+                      f"-> {escape(record.output)}")
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"[green]ok[/]: {escape(spec.source or 'spec')} is valid")

@@ -13,12 +13,13 @@ from typing import Any
 
 from rich.console import Console
 
-from pretrain.assembly.shapes import check_model
+from pretrain.assembly.blame import plugin_error
 from pretrain.engine.distributed import shutdown
 from pretrain.engine.evaluate import evaluate_weights
+from pretrain.engine.preflight import check_model
 from pretrain.engine.rundir import RunDir
 from pretrain.engine.trainer import Trainer
-from pretrain.errors import SpecError
+from pretrain.errors import PretrainError, SpecError
 from pretrain.spec.files import load_spec
 from pretrain.spec.validate import ValidatedSpec, validate_spec
 
@@ -27,8 +28,12 @@ __all__ = ["embed", "evaluate", "prepare_spec", "train"]
 SpecLike = str | Path | Mapping[str, Any] | ValidatedSpec
 
 
-def prepare_spec(spec: SpecLike, overrides: Sequence[str] = (), *, check_shapes: bool = True) -> ValidatedSpec:
+def prepare_spec(
+    spec: SpecLike, overrides: Sequence[str] = (), *, check_shapes: bool = True, training: bool = True,
+) -> ValidatedSpec:
     """Load, validate and (by default) shape-check a spec, as ``pretrain validate`` does.
+
+    ``training=False`` (evaluation, embedding) checks only the eval-mode steps.
 
     Raises:
         SpecError: Every problem found, each with its spec path.
@@ -43,9 +48,9 @@ def prepare_spec(spec: SpecLike, overrides: Sequence[str] = (), *, check_shapes:
         source = None if isinstance(spec, Mapping) else str(spec)
         validated = validate_spec(load_spec(spec, overrides), source=source)
     if check_shapes:
-        report = check_model(validated)
+        report = check_model(validated, training=training)
         if report.issues:
-            raise SpecError(report.issues, source=validated.source)
+            raise SpecError(report.issues, source=validated.source) from report.cause
     return validated
 
 
@@ -93,6 +98,11 @@ def train(
                       resume=resume, console=console, live=live)
     try:
         return trainer.fit()
+    except Exception as exc:
+        error = _attributed(exc, "while training")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutdown()
 
@@ -117,9 +127,14 @@ def evaluate(
         ``[eval] knn``; ``weights`` (the file read).
 
     """
-    validated = prepare_spec(spec, overrides)
+    validated = prepare_spec(spec, overrides, training=False)
     try:
         return evaluate_weights(validated, RunDir.resolve_weights(weights, "best"), device, console)
+    except Exception as exc:
+        error = _attributed(exc, "while evaluating")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutdown()
 
@@ -140,9 +155,21 @@ def embed(
     """
     from pretrain.engine.embed import embed_split
 
-    validated = prepare_spec(spec, overrides)
+    validated = prepare_spec(spec, overrides, training=False)
     try:
         return embed_split(validated, RunDir.resolve_weights(weights, "best"), split=split, output=output,
                            device=device, console=console)
+    except Exception as exc:
+        error = _attributed(exc, "while embedding")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutdown()
+
+
+def _attributed(exc: Exception, during: str) -> PretrainError | None:
+    """A PluginError naming the third-party component whose code raised ``exc`` (None: not one)."""
+    if isinstance(exc, PretrainError):
+        return None
+    return plugin_error(exc, during=during)

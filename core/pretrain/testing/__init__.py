@@ -5,6 +5,7 @@ Check one component from a test or a notebook::
     from pretrain.testing import check_component
 
     check_component("MLPClsHead")          # raises ComponentCheckError on failure
+    check_component(MyHead, kind="head")   # a class that is not registered (a notebook cell)
 
 or get one pytest test per (component, check)::
 
@@ -16,8 +17,10 @@ or get one pytest test per (component, check)::
 
 Checks (see :func:`component_checks` for which apply to which kind): the schema
 derives and the example config survives a JSON and a TOML round trip; every field
-is documented; the example config builds; importing the module has no side effects
-on the registry; the kind's call contract (backbones and necks return tuples,
+is documented; the example config builds, on the CPU and on the meta device (as
+``pretrain validate``/``train``/``eval`` build it first); importing the module
+registers nothing (registrations made in the process by other code are ignored); the
+kind's call contract (backbones and necks return tuples,
 heads return ``{"loss": scalar}`` and (N, C) scores, losses take ``weight`` /
 ``avg_factor`` / ``reduction_override``); eval mode is deterministic and keeps
 samples independent; a safetensors state-dict round trip reproduces outputs;
@@ -137,8 +140,11 @@ def check_component(
     """Run every applicable check on ``component``.
 
     Args:
-        component: Registered name, ``(kind, name)`` or the class.
-        kind: The component kind, when not determined by ``component``.
+        component: Registered name (``"MLPClsHead"``, ``"pretrain-acme:MLPClsHead"``),
+            ``(kind, name)`` or the class itself (registered or not).
+        kind: The component kind, when not determined by ``component`` (a class that
+            does not subclass a :mod:`pretrain.components` base class and is not
+            registered, e.g. ``check_component(MyHead, kind="head")``).
         config: Example config to use instead of the class's ``example_config``.
         expected_failed_checks: ``{check name: reason}`` for checks known to fail; such
             a check that passes is an error (so that the list stays honest).

@@ -22,13 +22,16 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
+from pretrain.assembly.assemble import build_on_meta, is_meta_limitation
+from pretrain.errors import PretrainError
 from pretrain.registry.kinds import KIND_INFO
-from pretrain.registry.registry import get_registry
+from pretrain.registry.registry import Registry, get_registry, set_registry
 from pretrain.registry.schema import SchemaDerivationError, component_schema
 from pretrain.testing._helpers import (
     call,
     close,
     eval_output,
+    first_differences,
     is_pretext_error,
     max_diff,
     require_scalar,
@@ -129,24 +132,41 @@ def check_example_config(subject: Subject) -> None:
     subject.build()
 
 
+def check_meta_build(subject: Subject) -> None:
+    """The example config builds on the meta device, as ``validate``/``train``/``eval`` build it first."""
+    name = "check_meta_build"
+    try:
+        build_on_meta(subject.node)
+    except PretrainError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if is_meta_limitation(cause):
+            raise subject.fail(
+                name, f"building it on the meta device raised {type(cause).__name__}: {cause}. "
+                "`pretrain validate`, `pretrain train` and `pretrain eval` build every component on the "
+                "meta device first, where tensors have shapes but no values",
+                "No .item() / .tolist() / float(t) / data-dependent Python (`if t > 0`) on tensors in "
+                "__init__ (or init rules / post_init_weights): compute such numbers with plain Python, e.g. "
+                "[i * rate / (n - 1) for i in range(n)] instead of torch.linspace(0, rate, n).tolist().",
+            ) from exc
+        raise subject.fail(name, f"building it on the meta device raised: {exc.message}",
+                           exc.hint or "Make __init__ work for this config.") from exc
+
+
 def check_import_side_effects(subject: Subject) -> None:
-    """Importing the component's module again leaves the registry exactly as it was."""
+    """Importing the component's module again registers nothing and leaves the registry as it was.
+
+    The module is imported a second time under a scratch registry: what it registers
+    there, it registers at import. Registrations made in this process by other code
+    (``registry.register(...)`` in a notebook or a test) are not its doing and are ignored.
+    """
     name = "check_import_side_effects"
     module_name = subject.cls.__module__
-    registry = get_registry()
-    self_registered = [
-        r for r in registry.entries() if r.source == "runtime" and r.value.partition(":")[0] == module_name
-    ]
-    if self_registered:
-        raise subject.fail(
-            name, f"its module {module_name} registered components at import: "
-            + ", ".join(f"{r.kind} {r.name}" for r in self_registered),
-            "Declare components as entry points in pyproject.toml (or in a pretrain_register_components "
-            "hook); never call register() at import time.",
-        )
     if module_name == "__main__" or "<locals>" in subject.cls.__qualname__ or module_name not in sys.modules:
-        return  # not re-importable: nothing more to observe
+        return  # not re-importable: nothing to observe
     before = _snapshot()
+    # Entry points are not what this looks at: no metadata scan (_scanned empty).
+    scratch = Registry(autoload=False, validator=None, _scanned=[], _plugin_eps=[])
+    previous = set_registry(scratch)
     saved = sys.modules.pop(module_name)
     parent_name, _, leaf = module_name.rpartition(".")
     parent = sys.modules.get(parent_name)
@@ -159,9 +179,18 @@ def check_import_side_effects(subject: Subject) -> None:
             "Keep module import free of global registration or state; it must be repeatable.",
         ) from exc
     finally:
+        set_registry(previous)
         sys.modules[module_name] = saved
         if parent is not None and parent_attr is not None:
             setattr(parent, leaf, parent_attr)
+    registered = scratch.entries()
+    if registered:
+        raise subject.fail(
+            name, f"its module {module_name} registered components at import: "
+            + ", ".join(f"{r.kind} {r.name}" for r in registered),
+            "Declare components as entry points in pyproject.toml (or in a pretrain_register_components "
+            "hook); never call register() at import time.",
+        )
     after = _snapshot()
     if after != before:
         changed = sorted(set(after[1]) ^ set(before[1]))
@@ -327,11 +356,11 @@ def _check_model(subject: Subject, inst: Any, args: tuple[Any, ...]) -> None:
         raise subject.fail(name, f"predict()['labels'] is {shape_of(labels)}", "Return int64 labels of shape (N,).")
 
 
-def _first_difference(first: list[Tensor], second: list[Tensor]) -> tuple[int, float] | None:
-    """``(index, max diff)`` of the first output pair that is not bitwise equal, else None."""
+def _first_difference(first: list[Tensor], second: list[Tensor]) -> tuple[int, float, str] | None:
+    """``(index, max diff, first differing values)`` of the first output pair not bitwise equal."""
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
         if not close(a, b, exact=True):
-            return i, max_diff(a, b)
+            return i, max_diff(a, b), first_differences(a, b, exact=True)
     return None
 
 
@@ -346,7 +375,8 @@ def check_deterministic_eval(subject: Subject) -> None:
     if diff is not None:
         raise subject.fail(
             "check_deterministic_eval",
-            f"two eval-mode calls on the same input differ (output {diff[0]}, max diff {diff[1]:.3g})",
+            f"two eval-mode calls on the same input differ (output {diff[0]}, max diff {diff[1]:.3g}; "
+            f"{diff[2]})",
             "Sample randomness only when self.training is true (dropout, drop-path, masking, noise).",
         )
 
@@ -371,7 +401,7 @@ def check_batch_independence(subject: Subject) -> None:
                 raise subject.fail(
                     name,
                     f"sample {i}'s output {j} changes by {max_diff(a[i], b[0]):.3g} when the other samples "
-                    "are in the batch",
+                    f"are in the batch (alone vs in the batch: {first_differences(b[0], a[i])})",
                     "In eval mode nothing may mix samples: no batch statistics (batch-mean subtraction, "
                     "norms over dim 0), and BatchNorm must use its running statistics.",
                 )
@@ -404,7 +434,7 @@ def check_state_dict_roundtrip(subject: Subject) -> None:
     diff = _first_difference(*outs)
     if diff is not None:
         raise subject.fail(
-            name, f"after loading the weights, output {diff[0]} differs by {diff[1]:.3g}",
+            name, f"after loading the weights, output {diff[0]} differs by {diff[1]:.3g} ({diff[2]})",
             "State that affects the output must be a parameter or a persistent buffer "
             "(or derived from the config), so that checkpoints restore it.",
         )
@@ -447,6 +477,7 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
     "check_schema": check_schema,
     "check_documentation": check_documentation,
     "check_example_config": check_example_config,
+    "check_meta_build": check_meta_build,
     "check_import_side_effects": check_import_side_effects,
     "check_forward_contract": check_forward_contract,
     "check_deterministic_eval": check_deterministic_eval,
@@ -470,7 +501,7 @@ def checks_for_kind(kind: str) -> Iterator[str]:
         yield "check_forward_contract"
     if kind not in MODULE_KINDS:
         return
-    yield "check_forward_contract"
+    yield from ("check_meta_build", "check_forward_contract")
     if kind != "batch_augment":  # batch augments mix samples at random by definition
         yield from ("check_deterministic_eval", "check_batch_independence")
     yield "check_state_dict_roundtrip"

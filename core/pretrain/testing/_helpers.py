@@ -13,7 +13,8 @@ from pretrain.errors import PretrainError
 from pretrain.testing._subject import Subject
 
 __all__ = [
-    "ATOL", "LOSS_N", "RTOL", "call", "close", "eval_output", "is_pretext_error", "max_diff", "require_scalar",
+    "ATOL", "LOSS_N", "RTOL", "call", "close", "eval_output", "first_differences", "is_pretext_error", "max_diff",
+    "require_scalar",
     "require_tuple", "shape_of", "slice_batch", "tensors", "training_objective", "with_grad_inputs",
 ]
 
@@ -58,6 +59,36 @@ def close(a: Tensor, b: Tensor, *, exact: bool = False) -> bool:
     if exact or not a.is_floating_point():
         return bool(torch.equal(a, b))
     return bool(torch.allclose(a.double(), b.double(), rtol=RTOL, atol=ATOL))
+
+
+def _number(value: Tensor) -> str:
+    item = value.item()
+    return f"{item:.6g}" if isinstance(item, float) else str(item)
+
+
+def first_differences(a: Tensor, b: Tensor, *, exact: bool = False, n: int = 3) -> str:
+    """The first ``n`` elements where ``a`` and ``b`` differ, with both values.
+
+    ``"3 of 8 elements differ; first: [0, 1] 0.25 vs 0.5, [1, 0] -1 vs 1"``; for
+    different shapes, the two shapes.
+    """
+    if a.shape != b.shape:
+        return f"shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+    x, y = a.detach().cpu(), b.detach().cpu()
+    if x.dim() == 0:
+        return f"{_number(x)} vs {_number(y)}"
+    if x.is_floating_point() and y.is_floating_point() and not exact:
+        differ = ~torch.isclose(x.double(), y.double(), rtol=RTOL, atol=ATOL, equal_nan=True)
+    else:
+        differ = x != y
+    where = differ.nonzero()
+    if len(where) == 0:
+        return "no element differs"
+    shown = []
+    for index in where[:n].tolist():
+        at = tuple(index)
+        shown.append(f"[{', '.join(map(str, at))}] {_number(x[at])} vs {_number(y[at])}")
+    return f"{len(where)} of {differ.numel()} elements differ; first: " + ", ".join(shown)
 
 
 def shape_of(obj: Any) -> str:

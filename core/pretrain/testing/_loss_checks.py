@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretrain.testing._helpers import LOSS_N, call, close, shape_of
+from pretrain.testing._helpers import LOSS_N, call, close, first_differences, shape_of
 from pretrain.testing._subject import Subject
 
 __all__ = ["check_loss_avg_factor", "check_loss_reduction", "check_loss_weight", "check_loss_weight_scaling"]
@@ -34,9 +34,14 @@ def _loss_setup(subject: Subject) -> tuple[Any, Tensor, Tensor, Tensor]:
 
 def _expect(subject: Subject, check: str, got: Any, want: Tensor, what: str, fix: str) -> None:
     if not isinstance(got, torch.Tensor) or not close(got.detach(), want):
-        shown = shape_of(got) if not isinstance(got, torch.Tensor) or got.dim() else f"{float(got):.6g}"
-        wanted = shape_of(want) if want.dim() else f"{float(want):.6g}"
-        raise subject.fail(check, f"{what}: got {shown}, expected {wanted}", fix)
+        if isinstance(got, torch.Tensor) and got.shape == want.shape and got.dim():
+            # Same shape: the values are what is wrong, so show them.
+            detail = f"got {shape_of(got)} with {first_differences(got.detach(), want)} (got vs expected)"
+        else:
+            shown = shape_of(got) if not isinstance(got, torch.Tensor) or got.dim() else f"{float(got):.6g}"
+            wanted = shape_of(want) if want.dim() else f"{float(want):.6g}"
+            detail = f"got {shown}, expected {wanted}"
+        raise subject.fail(check, f"{what}: {detail}", fix)
 
 
 def check_loss_weight(subject: Subject) -> None:
