@@ -132,7 +132,7 @@ def evaluate_weights(spec: Any, weights: str | Path, device: str | None = None) 
 
     """
     from pretrain.assembly.assemble import build_node
-    from pretrain.engine import checkpoint as ckpt
+    from pretrain.engine.sharded import load_weights_file
     from pretrain.engine.data import build_loaders
 
     weights = Path(weights)
@@ -144,7 +144,7 @@ def evaluate_weights(spec: Any, weights: str | Path, device: str | None = None) 
     eval_cfg = spec.sections.get("eval") or EvalSection()
     precision = train.precision if train is not None else "fp32"
     info = init_distributed(device or (train.device if train is not None else "auto"))
-    tensors, _ = ckpt.load_tensors(weights)  # checksum verified before anything is built
+    tensors, _ = load_weights_file(weights)  # checksums verified before anything is built; shards merged
     model = build_node(spec.model, init=False).to(info.device)
     load_weights(model, tensors, weights)
     channels_last = bool(train is not None and train.channels_last and info.device.type != "mps")

@@ -43,6 +43,7 @@ from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ComponentNode, ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
+from pretrain.spec.loggers import validate_loggers
 
 __all__ = [
     "ConstantSchedule",
@@ -231,6 +232,16 @@ class TrainSection(_Strict):
     )
     seed: int = Field(default=0, description="Seed of initialisation, data order and augmentation.")
     deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="Multi-process training under torchrun: ddp (every rank holds the model) or fsdp "
+        "(FSDP2 fully_shard: parameters, gradients and optimizer state sharded; sharded checkpoints).",
+    )
+    loggers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Experiment trackers: [train.loggers.tensorboard], .mlflow, .wandb (each an optional "
+        "extra) or any tracker a plugin adds; each sub-table holds that tracker's options.",
+    )
     sync_bn: bool = Field(
         default=False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
     )
@@ -305,6 +316,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
             continue
         table = dict(value)
         optimizer: ComponentNode | None = None
+        loggers = table.pop("loggers", None) if model is TrainSection else None
         if model is TrainSection and "optimizer" in table:
             # A registered kind: resolved through the registry like any component table.
             optimizer = ctx.component("optimizer", table.pop("optimizer"), "train.optimizer")
@@ -314,6 +326,11 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext) -> dict[st
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
             continue
+        if loggers is not None:
+            trackers = validate_loggers(loggers, ctx, "train.loggers")
+            if trackers is None:
+                continue
+            section = section.model_copy(update={"loggers": trackers})
         if model is not TrainSection or optimizer is not None:
             out[name] = section
     train = out.get("train")
