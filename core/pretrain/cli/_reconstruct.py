@@ -86,9 +86,9 @@ def reconstruct_images(
 
     from pretrain.assembly.assemble import build_node
     from pretrain.components import Masked
-    from pretrain.engine.sharded import load_weights_file
     from pretrain.engine.data import build_loaders
     from pretrain.engine.run_state import load_weights
+    from pretrain.engine.sharded import load_weights_file
     from pretrain.errors import PretrainError
 
     data = spec.sections.get("data")

@@ -132,8 +132,8 @@ def evaluate_weights(spec: Any, weights: str | Path, device: str | None = None) 
 
     """
     from pretrain.assembly.assemble import build_node
-    from pretrain.engine.sharded import load_weights_file
     from pretrain.engine.data import build_loaders
+    from pretrain.engine.sharded import load_weights_file
 
     weights = Path(weights)
     data = spec.sections.get("data")

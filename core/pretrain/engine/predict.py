@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from pretrain.engine.distributed import resolve_device
 from pretrain.engine.evaluate import autocast_context, model_num_classes, to_memory_format
-from pretrain.engine.rundir import RunDir
 from pretrain.engine.run_state import load_weights
+from pretrain.engine.rundir import RunDir
 from pretrain.engine.sharded import load_weights_file
 from pretrain.errors import PretrainError
 

@@ -26,7 +26,7 @@ from pretrain.engine.evaluate import autocast_context, to_memory_format
 if TYPE_CHECKING:
     from pretrain.engine.trainer import Trainer
 
-__all__ = ["confusion_matrix", "epoch_images", "log_step_scalars", "render_confusion", "reconstruction_grid"]
+__all__ = ["confusion_matrix", "epoch_images", "log_step_scalars", "reconstruction_grid", "render_confusion"]
 
 
 def log_step_scalars(trainer: Trainer, loss: float | None, lr: float, images_per_s: float) -> None:

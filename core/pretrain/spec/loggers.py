@@ -52,16 +52,15 @@ def validate_loggers(raw: Any, ctx: ValidationContext, loc: str = "train.loggers
     schemas = logger_schemas()
     before = len(ctx.issues)
     out: dict[str, BaseModel] = {}
-    for name, table in raw.items():
+    for name, given in raw.items():
         where = f"{loc}.{name}"
+        table = {} if given is True else given  # `tensorboard = true`: the defaults
         model = schemas.get(name)
         if model is None:
             known = ", ".join(sorted(schemas)) or "none installed"
             ctx.add(where, f"unknown tracker {name!r}{did_you_mean(name, list(schemas))} (installed trackers: "
                     f"{known}; a package adds one through the pretrain_logger_schemas hook)")
             continue
-        if table is True:
-            table = {}  # `tensorboard = true`: the defaults
         if not isinstance(table, Mapping):
             ctx.add(where, f"must be a table of the tracker's options (or true), got {type(table).__name__}")
             continue
