@@ -3,7 +3,7 @@
 Each file is decoded with Pillow (any format it reads, EXIF orientation applied),
 converted to the model's channels, passed through the spec's ``data.val`` pipeline
 (the deterministic evaluation transforms), and, when the result is not
-``data.image_size`` square, resized (shorter side, antialiased) and centre-cropped to
+``data.image_size`` square (else the validation dataset's image size), resized (shorter side, antialiased) and centre-cropped to
 it. Same-sized images are batched; the model's ``predict`` gives the softmax scores,
 under the spec's ``train.precision`` like evaluation. Class names come from the run
 directory's ``classes.json`` (written by ``pretrain train``), else from the spec's
@@ -28,7 +28,7 @@ from pretrain.engine.rundir import RunDir
 from pretrain.engine.sharded import load_weights_file
 from pretrain.errors import PretrainError
 
-__all__ = ["Prediction", "Predictor", "collect_images", "read_image"]
+__all__ = ["Prediction", "Predictor", "collect_images", "input_size", "read_image"]
 
 _EVAL_SEED = 0
 
@@ -95,6 +95,22 @@ def read_image(path: str | os.PathLike[str], channels: int) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (C, H, W)
 
 
+def input_size(spec: Any) -> int | None:
+    """The square side a spec's model sees: ``data.image_size``, else its val (or train) dataset's image size."""
+    data = spec.sections.get("data")
+    if data is None:
+        return None
+    if data.options.image_size is not None:
+        return int(data.options.image_size)
+    split = data.val or data.train
+    if split is None:
+        return None
+    from pretrain.assembly.assemble import build_node
+
+    shape = build_node(split.dataset).image_shape()
+    return int(shape[1]) if shape is not None and shape[1] == shape[2] else None
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The top-k classes of one image.
@@ -155,7 +171,7 @@ class Predictor:
             )
         self.num_classes = num_classes
         self.channels = int(getattr(model, "in_channels", 3) or 3)
-        self.image_size = data.options.image_size if data is not None else None
+        self.image_size = input_size(spec)
         split = data.val if data is not None and data.val is not None else None
         self.pipeline = self._pipeline(split)
         self.classes = self._classes(weights, data)
