@@ -144,7 +144,7 @@ def test_export_cli_torchscript_and_exported_program(trained: tuple[Path, Path],
 
 @pytest.mark.slow
 def test_export_without_input_size_is_a_clear_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    spec, run = trained
+    _spec, run = trained
     raw = validate_spec(json.loads(json.dumps(tiny_spec(TINY_RESNET)))).raw
     bare = write_spec(tmp_path / "bare.toml", {"model": raw["model"]})
     proc = run_cli("export", str(bare), "--weights", str(run), "--format", "torchscript", "-o",

@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> None:
             "Build the spec's model, load WEIGHTS and write it for deployment. The exported graph "
             "takes uint8 images (N, C, H, W) in 0..255 with a dynamic batch size and returns the "
             "model's output (a classifier's logits); the normalisation is inside. H and W are "
-            "data.image_size (else the val dataset's image size) unless --input-size says otherwise. ONNX needs pip install 'pretrain[onnx]'."
+            "data.image_size (else the val dataset's image size) unless --input-size says otherwise. "
+            "ONNX needs pip install 'pretrain[onnx]'."
         ),
     )
     add_spec_arguments(p)

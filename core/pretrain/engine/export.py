@@ -17,8 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pretrain.engine.rundir import RunDir
 from pretrain.engine.run_state import load_weights
+from pretrain.engine.rundir import RunDir
 from pretrain.engine.sharded import load_weights_file
 from pretrain.errors import PretrainError
 
@@ -95,7 +95,7 @@ def export_model(
                 assert program is not None
                 program.save(str(out))
             elif fmt == "torchscript":
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message=".*[Tt]race.*")  # TracerWarnings about Python bools
                 traced: Any = torch.jit.trace(wrapper, (example,), check_trace=False)  # type: ignore[no-untyped-call]
                 traced.save(str(out))
             else:

@@ -3,9 +3,10 @@
 Each file is decoded with Pillow (any format it reads, EXIF orientation applied),
 converted to the model's channels, passed through the spec's ``data.val`` pipeline
 (the deterministic evaluation transforms), and, when the result is not
-``data.image_size`` square (else the validation dataset's image size), resized (shorter side, antialiased) and centre-cropped to
-it. Same-sized images are batched; the model's ``predict`` gives the softmax scores,
-under the spec's ``train.precision`` like evaluation. Class names come from the run
+``data.image_size`` square (else the validation dataset's image size), resized
+(shorter side, antialiased) and centre-cropped to it. Same-sized images are
+batched; the model's ``predict`` gives the softmax scores, under the spec's
+``train.precision`` like evaluation. Class names come from the run
 directory's ``classes.json`` (written by ``pretrain train``), else from the spec's
 dataset, else they are the label indices.
 """
