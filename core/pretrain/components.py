@@ -22,10 +22,12 @@ from torch import Tensor, nn
 
 from pretrain._data_contracts import (
     BaseDataset,
+    BaseStreamDataset,
     BaseTransform,
     Batch,
     Masked,
     Pipeline,
+    ShardInfo,
     SkipSample,
     TransformRef,
     mix_seed,
@@ -42,6 +44,7 @@ __all__ = [
     "BaseLoss",
     "BaseModel",
     "BaseNeck",
+    "BaseStreamDataset",
     "BaseTargetGenerator",
     "BaseTransform",
     "BaseWeightConverter",
@@ -52,6 +55,7 @@ __all__ = [
     "Masked",
     "NeckRef",
     "Pipeline",
+    "ShardInfo",
     "SkipSample",
     "TargetGeneratorRef",
     "TargetKind",

@@ -38,7 +38,17 @@ from torch import Tensor
 
 from pretrain._data_contracts import stack_masked
 from pretrain.assembly.assemble import build_node
-from pretrain.components import BaseDataset, Batch, Masked, Pipeline, SkipSample, mix_seed, to_channels
+from pretrain.components import (
+    BaseDataset,
+    BaseStreamDataset,
+    Batch,
+    Masked,
+    Pipeline,
+    SkipSample,
+    mix_seed,
+    to_channels,
+)
+from pretrain.engine.stream import StreamEvalLoader, StreamSource, StreamTrainLoader, check_stream
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
 from pretrain.spec.data_section import SPLITS, DataOptions, DataSection, DatasetSpec
@@ -274,8 +284,8 @@ class Loaders:
 
     """
 
-    train: TrainLoader | None
-    val: EvalLoader | None
+    train: TrainLoader | StreamTrainLoader | None
+    val: EvalLoader | StreamEvalLoader | None
     classes: tuple[str, ...]
     channels: int
     in_memory: dict[str, bool]
@@ -314,7 +324,7 @@ def _check_shape(out: Tensor | list[Tensor] | Masked, image_size: int | None, lo
 def _prepare(
     spec: DatasetSpec, options: DataOptions, *, device: torch.device, seed: int,
     num_classes: int | None, in_channels: int | None, classes: tuple[str, ...] | None,
-) -> tuple[_MemorySource | _LoaderSource, int, tuple[str, ...], int, bool]:
+) -> tuple[_MemorySource | _LoaderSource | StreamSource, int, tuple[str, ...], int, bool]:
     loc = spec.loc
     try:
         dataset: BaseDataset = _build(spec.dataset)
@@ -339,6 +349,12 @@ def _prepare(
                     "images", "Remove `channels` (images then follow the model) or change it.")
     channels = in_channels or dataset.channels
     probe: Tensor | list[Tensor] | Masked | None
+    if isinstance(dataset, BaseStreamDataset):  # sharded streams: see pretrain.engine.stream
+        stream = StreamSource(dataset, pipeline, channels, options.num_workers, device, _collate)
+        probe = check_stream(stream, loc)
+        if probe is not None:
+            _check_shape(probe, options.image_size, loc)
+        return stream, stream.size, names, channels, False
     if _use_memory(dataset, options, channels, loc):
         images, labels = dataset.load_all()
         if len(labels) == 0:
@@ -414,9 +430,10 @@ def build_loaders(
             section.train, options, device=device, seed=seed, num_classes=num_classes,
             in_channels=in_channels, classes=None,
         )
-        train = TrainLoader(source, size=size, batch_size=options.batch_size,
-                            drop_last=options.drop_last, seed=seed, rank=rank,
-                            world_size=world_size)
+        train = (StreamTrainLoader(source, batch_size=options.batch_size, drop_last=options.drop_last, seed=seed,
+                                   rank=rank, world_size=world_size) if isinstance(source, StreamSource) else
+                 TrainLoader(source, size=size, batch_size=options.batch_size, drop_last=options.drop_last,
+                             seed=seed, rank=rank, world_size=world_size))
         if len(train) == 0:
             raise _fail(section.train.loc, f"{size} images give no batch of {options.batch_size} "
                         f"per process with drop_last", "Lower batch_size or set drop_last = false.")
@@ -426,6 +443,8 @@ def build_loaders(
             in_channels=in_channels, classes=classes,
         )
         classes = classes or val_classes
-        val = EvalLoader(source, size=size, batch_size=options.val_batch_size or options.batch_size,
-                         rank=rank, world_size=world_size)
+        eval_batch = options.val_batch_size or options.batch_size
+        val = (StreamEvalLoader(source, batch_size=eval_batch, rank=rank, world_size=world_size, seed=_EVAL_SEED)
+               if isinstance(source, StreamSource) else
+               EvalLoader(source, size=size, batch_size=eval_batch, rank=rank, world_size=world_size))
     return Loaders(train, val, classes or (), channels, memory)
