@@ -61,8 +61,8 @@ def ours_webdataset(shards: Path, workers: int, batch: int) -> Callable[[], Iter
 
 def _ours(dataset: dict[str, Any], workers: int, batch: int) -> Callable[[], Iterable[Any]]:
     from pretrain.engine.data import build_loaders
-    from pretrain.spec.data_section import validate_data_section
     from pretrain.spec.context import ValidationContext
+    from pretrain.spec.data_section import validate_data_section
 
     ctx = ValidationContext()
     raw = {"batch_size": batch, "num_workers": workers, "in_memory": False,
