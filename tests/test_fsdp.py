@@ -74,6 +74,15 @@ def test_fsdp_two_processes_equal_one_process_and_eval_reads_the_shards(tmp_path
     assert scores["weights"].endswith("index.json")
     assert scores["accuracy/top1"] == pytest.approx(rec_fsdp["accuracy/top1"], abs=1e-6)
 
+    # A new model starts from the shards with a Pretrained init rule (whole tensors merged).
+    from pretrain.assembly.assemble import build_node
+    from pretrain.spec.validate import validate_spec
+
+    model = dict(TINY_VIT, init=[{"type": "Pretrained", "checkpoint": str(ckpts / "last.index.json")}])
+    net = build_node(validate_spec({"model": model}).model)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, whole[key]), key
+
     # The sharded state resumes in a single process (whole tensors rebuilt from the shards).
     more = run_cli("train", str(tmp_path / "one.toml"), "--run-dir", str(tmp_path / "fsdp"), "--resume",
                    "--plain", "--set", "train.max_steps=7", "--set", "train.epochs=2", env=ENV, timeout=300)

@@ -27,16 +27,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from pretrain.assembly.shards import INDEX_FORMAT, SHARD_KEY, merge_shards
 from pretrain.engine import checkpoint as ckpt
 
 __all__ = ["INDEX_FORMAT", "is_sharded", "load_sharded", "load_weights_file", "local_parts", "write_index",
            "write_shard"]
 
-INDEX_FORMAT = "pretrain.sharded/1"
-_SHARD_KEY = "pretrain.shard"
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -77,7 +75,7 @@ def write_shard(
     """Write this rank's file of a sharded checkpoint (every rank calls it)."""
     local, layout = local_parts(tensors)
     doc = {"rank": rank, "world_size": world_size, "step": step, "layout": layout}
-    ckpt.save_tensors(path, local, {**metadata, _SHARD_KEY: ckpt.dumps(doc)})
+    ckpt.save_tensors(path, local, {**metadata, SHARD_KEY: ckpt.dumps(doc)})
 
 
 def write_index(path: Path, files: Sequence[Path], *, step: int, metadata: Mapping[str, str]) -> None:
@@ -131,7 +129,7 @@ def load_sharded(
     for name in index["files"]:
         tensors, meta = ckpt.load_tensors(index_path.parent / name)
         try:
-            doc = json.loads(meta.pop(_SHARD_KEY))
+            doc = json.loads(meta.pop(SHARD_KEY))
         except (KeyError, ValueError):
             raise ckpt.CheckpointError(f"{index_path.parent / name} is not a shard of a sharded checkpoint") from None
         if doc["step"] != index["step"]:
@@ -143,21 +141,8 @@ def load_sharded(
         parts.append(tensors)
         docs.append(doc)
         metas.append(meta)
-    whole: dict[str, Tensor] = {}
+    whole = merge_shards(parts, docs[0]["layout"], skip_prefix=extra_per_rank, where=str(index_path))
     per_rank: list[dict[str, Tensor]] = [{} for _ in parts]
-    for key, spec in docs[0]["layout"].items():
-        if extra_per_rank is not None and key.startswith(extra_per_rank):
-            continue
-        dim = spec["dim"]
-        if dim is None:
-            whole[key] = parts[0][key]
-            continue
-        pieces = [p[key] for p in parts if key in p and p[key].numel() > 0]
-        merged = torch.cat(pieces, dim=dim) if pieces else parts[0][key]
-        if list(merged.shape) != spec["shape"]:
-            raise ckpt.CheckpointError(f"{index_path}: the shards of {key} make shape {list(merged.shape)}, "
-                                       f"the index says {spec['shape']}")
-        whole[key] = merged
     if extra_per_rank is not None:
         for rank, tensors in enumerate(parts):
             per_rank[rank] = {k: v for k, v in tensors.items() if k.startswith(extra_per_rank)}
