@@ -88,3 +88,19 @@ def test_fsdp_two_processes_equal_one_process_and_eval_reads_the_shards(tmp_path
                    "--plain", "--set", "train.max_steps=7", "--set", "train.epochs=2", env=ENV, timeout=300)
     assert more.returncode == 0, more.stderr[-3000:]
     assert json.loads((ckpts / "last.json").read_text())["step"] == 7
+
+
+def test_fsdp_bf16_mixed_precision_trains_and_fp16_is_refused(tmp_path: Path) -> None:
+    bf16 = _torchrun("train", str(_spec(tmp_path, "bf16.toml", 16, strategy="fsdp", precision="bf16")),
+                     "--run-dir", str(tmp_path / "bf16"), "--plain")
+    assert bf16.returncode == 0, bf16.stderr[-4000:]
+    record = json.loads((tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 5 and 0 < record["train_loss"] < 10
+    assert "weights: " in bf16.stdout and "best.index.json" in bf16.stdout
+    whole, _ = load_weights_file(tmp_path / "bf16" / "checkpoints" / "last.index.json")
+    assert all(v.dtype == torch.float32 for k, v in whole.items() if v.is_floating_point())  # fp32 master weights
+
+    fp16 = _torchrun("train", str(_spec(tmp_path, "fp16.toml", 16, strategy="fsdp", precision="fp16")),
+                     "--run-dir", str(tmp_path / "fp16"), "--plain")
+    # Each rank prints the one-paragraph error (torchrun then reports its failed children).
+    assert fp16.returncode != 0 and 'error: train.strategy = "fsdp" trains in fp32 or bf16' in fp16.stderr
