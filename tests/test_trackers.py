@@ -85,3 +85,28 @@ def test_wandb_offline_writes_a_run_without_network(tmp_path: Path, monkeypatch:
     pretrain.train(spec, run_dir=tmp_path / "run")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), os.listdir(tmp_path / "run" / "wandb")
+
+
+def test_a_raising_hook_is_attributed_to_its_own_instance_when_plugins_share_a_class() -> None:
+    """Tracker plugins are instances of one base class: the error must name the one that raised."""
+    import pluggy
+
+    from pretrain import hookimpl, hookspecs
+    from pretrain.errors import PluginError
+    from pretrain.registry.plugins import HookCaller
+
+    class Tracker:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        @hookimpl
+        def pretrain_train_start(self, trainer: object) -> None:
+            if self.fail:
+                raise RuntimeError("boom")
+
+    pm = pluggy.PluginManager("pretrain")
+    pm.add_hookspecs(hookspecs)
+    pm.register(Tracker(fail=True), name="acme:broken")
+    pm.register(Tracker(fail=False), name="acme:fine")
+    with pytest.raises(PluginError, match="plugin acme:broken .*boom"):
+        HookCaller(pm).call("pretrain_train_start", trainer=None)
