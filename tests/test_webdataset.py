@@ -195,3 +195,13 @@ def test_two_processes_see_every_sample_once_per_epoch_and_resume_after_sigkill(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in again] == [r["train_loss"] for r in history]
+
+
+def test_scale_example_spec_validates_with_mmpretrain_parameter_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import SPECS
+    from pretrain.cli._main import run_cli as run_in_process
+
+    code = run_in_process(["validate", str(SPECS / "mae_vit-large-p16_webdataset_fsdp.toml"), "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["ok"], payload["errors"]
+    assert payload["params"] == 329_541_888  # MMPretrain's MAE ViT-L/16 pretraining model

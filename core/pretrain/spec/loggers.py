@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pretrain.errors import did_you_mean
 from pretrain.spec.context import ValidationContext
 
-__all__ = ["logger_schemas", "validate_loggers"]
+__all__ = ["logger_schemas", "loggers_json_schema", "validate_loggers"]
 
 
 def logger_schemas() -> dict[str, type[BaseModel]]:
@@ -69,3 +69,13 @@ def validate_loggers(raw: Any, ctx: ValidationContext, loc: str = "train.loggers
         except ValidationError as exc:
             ctx.add_pydantic(exc, where, model)
     return out if len(ctx.issues) == before else None
+
+
+def loggers_json_schema(description: str = "") -> dict[str, Any]:
+    """JSON Schema of ``[train.loggers]``: one property per installed tracker (for ``pretrain schema``)."""
+    properties = {}
+    for name, model in sorted(logger_schemas().items()):
+        schema = model.model_json_schema()
+        schema.pop("title", None)
+        properties[name] = {"anyOf": [schema, {"const": True}]}
+    return {"type": "object", "description": description, "properties": properties, "additionalProperties": False}

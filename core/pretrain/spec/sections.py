@@ -43,7 +43,7 @@ from pretrain.errors import PretrainError, did_you_mean
 from pretrain.spec.context import ComponentNode, ValidationContext
 from pretrain.spec.data_section import json_schema as data_json_schema
 from pretrain.spec.data_section import validate_data_section
-from pretrain.spec.loggers import validate_loggers
+from pretrain.spec.loggers import loggers_json_schema, validate_loggers
 
 __all__ = [
     "ConstantSchedule",
@@ -411,7 +411,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     A component field (``train.optimizer``) is a ``#/$defs/<kind>`` reference into the
     spec schema, whose definitions list every installed component of that kind.
     """
-    return {name: _kind_refs(model.model_json_schema()) for name, model in _SECTION_MODELS.items()}
+    out = {name: _kind_refs(model.model_json_schema()) for name, model in _SECTION_MODELS.items()}
+    loggers = out["train"]["properties"]["loggers"]
+    out["train"]["properties"]["loggers"] = loggers_json_schema(loggers.get("description", ""))
+    return out
 
 
 def _kind_refs(node: Any) -> Any:
