@@ -204,4 +204,5 @@ def test_scale_example_spec_validates_with_mmpretrain_parameter_count(capsys: py
     code = run_in_process(["validate", str(SPECS / "mae_vit-large-p16_webdataset_fsdp.toml"), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0 and payload["ok"], payload["errors"]
-    assert payload["params"] == 329_541_888  # MMPretrain's MAE ViT-L/16 pretraining model
+    # ViT-L/16 encoder (303.1 M trainable) + the 8-layer 512-wide decoder, fixed sin-cos pos-embeds included
+    assert payload["params"] == 329_541_888
