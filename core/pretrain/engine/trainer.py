@@ -14,7 +14,8 @@ steps (every step on CPU, where it is free), which is also where a non-finite
 loss stops the run. Each epoch ends with evaluation, a ``metrics.jsonl`` record,
 the ``last`` (and maybe ``best``) checkpoint and the ``pretrain_epoch_end`` hook.
 Everything else lives in small modules: optim, schedule, run_state, checkpoint,
-evaluate, ema, metrics, distributed, progress, plot, rundir.
+evaluate, ema, metrics, distributed, strategy (DDP/FSDP), sharded, tracking,
+progress, plot, rundir.
 """
 
 from __future__ import annotations
@@ -461,7 +462,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, *, best: bool, record: dict[str, Any] | None = None) -> None:
-        """Write ``last`` (+ ``best``) on rank 0; every rank contributes its RNG state."""
+        """Write ``last`` (+ ``best``): rank 0 with every rank's RNG state, or every rank its shard (FSDP)."""
         if self.strategy.sharded:  # FSDP: every rank writes its shard
             write_sharded_checkpoint(
                 self.run, rank=self.dist.rank, world_size=self.dist.world_size, best=best, record=record or {},
