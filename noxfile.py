@@ -47,10 +47,11 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks that print figures (start-up, engine overhead, MAE linear probe)."""
+    """Benchmarks that print figures (start-up, engine overhead, data loading)."""
     _install(session, "test")
     session.run("python", "bench/startup.py")
     session.run("python", "bench/overhead.py")
+    session.run("python", "bench/data.py")
 
 
 @nox.session

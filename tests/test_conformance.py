@@ -32,6 +32,7 @@ EXPECTED_FAILURES: dict[str, dict[str, str]] = {
     "dataset:CIFAR100": {"check_example_config": _NEEDS_FILES},
     "dataset:ImageFolder": {"check_example_config": _NEEDS_FILES},
     "dataset:InShop": {"check_example_config": _NEEDS_FILES},
+    "dataset:WebDataset": {"check_example_config": _NEEDS_FILES},
 }
 
 

@@ -445,15 +445,23 @@ def test_corrupt_checkpoint_on_resume_is_a_clear_error(tmp_path: Path) -> None:
         _fit(spec, tmp_path / "run", resume=True)
 
 
-def test_pillow_plot_without_matplotlib(tmp_path: Path) -> None:
-    from pretrain.engine.plot import plot_curves
-
-    history = [{"epoch": e, "train_loss": 2.0 / e, "accuracy/top1": 50.0 + e} for e in (1, 2, 3)]
-    assert plot_curves(history, tmp_path / "p.png", backend="pillow") == "pillow"
+def test_curves_png_has_every_metric_log_loss_and_lr_panel(tmp_path: Path) -> None:
     from PIL import Image
 
+    from pretrain.engine.plot import metric_series, plot_curves
+
+    history = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "lr": 0.1 / e, "accuracy/top1": 50.0 + e,
+                "accuracy/top5": 90.0 + e, "mAP": 0.3 * e, "epoch_time_s": 1.0, "images_per_s": 9.0}
+               for e in (1, 2, 3)]
+    history[1].pop("accuracy/top1")  # an epoch without evaluation leaves a gap, not a crash
+    panels = metric_series(history)
+    assert set(panels["loss"]) == {"train_loss"}
+    assert set(panels["metrics"]) == {"accuracy/top1", "accuracy/top5", "mAP"}  # every metric, no bookkeeping
+    assert panels["lr"] == {"lr": [0.1, 0.05, 0.1 / 3]}
+    assert plot_curves(history, tmp_path / "p.png")
     with Image.open(tmp_path / "p.png") as img:
-        assert img.size == (1000, 400)
+        assert img.size == (1500, 420)
+    assert not plot_curves([], tmp_path / "empty.png") and not (tmp_path / "empty.png").exists()
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ one documented home (this private module only keeps that file short).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -19,10 +20,12 @@ from pretrain.registry.kinds import ComponentRef
 
 __all__ = [
     "BaseDataset",
+    "BaseStreamDataset",
     "BaseTransform",
     "Batch",
     "Masked",
     "Pipeline",
+    "ShardInfo",
     "SkipSample",
     "TransformRef",
     "mix_seed",
@@ -212,6 +215,60 @@ class BaseDataset:
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         """``(image uint8 (C, H, W), label)`` (for interactive use)."""
         return self.load_image(index), int(self.targets[index])
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a streaming dataset.
+
+    Attributes:
+        url: Where it is read from (a path, or any URL the dataset's reader opens).
+        samples: How many samples it holds (known up front: the loaders plan epochs with it).
+
+    """
+
+    url: str
+    samples: int
+
+
+class BaseStreamDataset(BaseDataset):
+    """Streaming dataset contract (still kind ``dataset``): samples read in order from shards.
+
+    Large datasets live in shards (e.g. WebDataset tar files) that are read front to
+    back, never by random index. Implement ``shards`` (with per-shard sample counts),
+    ``read`` (raw samples of one shard, cheap to skip) and ``decode``; the engine does
+    the rest exactly: each epoch's shard order from ``(seed, epoch)``, a split of the
+    samples across ranks and DataLoader workers without duplicates, a seeded shuffle
+    buffer of ``shuffle_buffer`` raw samples, and mid-epoch resumption by skipping
+    (reading, not decoding) the samples already used.
+    """
+
+    #: Raw samples a training worker holds to shuffle within (0 = no shuffle buffer).
+    shuffle_buffer: int = 1000
+
+    def shards(self) -> Sequence[ShardInfo]:
+        """The shards in their stored order, with sample counts."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def read(self, url: str, start: int, stop: int) -> Iterator[Any]:
+        """Yield raw samples ``start``..``stop - 1`` of shard ``url`` (undecoded; cheap)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def decode(self, sample: Any) -> tuple[Tensor, int]:
+        """A raw sample as (uint8 (C, H, W) image, label); raise ``SkipSample`` to drop it."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __len__(self) -> int:
+        return sum(s.samples for s in self.shards())
+
+    @property
+    def targets(self) -> Tensor:
+        """Not available without reading every shard: streaming loaders never ask."""
+        raise TypeError(f"{type(self).__name__} streams its samples; labels are known only when read")
+
+    def load_image(self, index: int) -> Tensor:
+        """Random access is not possible on a stream."""
+        raise TypeError(f"{type(self).__name__} streams its samples; there is no random access by index")
 
 
 class BaseTransform(nn.Module):

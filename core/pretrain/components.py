@@ -22,10 +22,12 @@ from torch import Tensor, nn
 
 from pretrain._data_contracts import (
     BaseDataset,
+    BaseStreamDataset,
     BaseTransform,
     Batch,
     Masked,
     Pipeline,
+    ShardInfo,
     SkipSample,
     TransformRef,
     mix_seed,
@@ -55,6 +57,7 @@ __all__ = [
     "BaseModel",
     "BaseNeck",
     "BaseRetriever",
+    "BaseStreamDataset",
     "BaseTargetGenerator",
     "BaseTransform",
     "BaseWeightConverter",
@@ -69,6 +72,7 @@ __all__ = [
     "NeckRef",
     "Pipeline",
     "Reduce",
+    "ShardInfo",
     "Similarity",
     "SkipSample",
     "TargetGeneratorRef",

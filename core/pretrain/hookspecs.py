@@ -43,5 +43,27 @@ def pretrain_epoch_end(trainer: Trainer, epoch: int, metrics: dict[str, Any]) ->
 
 
 @hookspec
+def pretrain_log_scalars(trainer: Trainer, step: int, scalars: dict[str, float]) -> None:
+    """Step-level scalars (``train/loss``, ``train/lr``, ``train/images_per_s``) at each loss read-back.
+
+    Read-backs happen every ``train.log_every_steps`` steps on a GPU (every step on CPU);
+    unlike ``pretrain_after_step`` this hook never forces a per-step device sync.
+    """
+
+
+@hookspec
+def pretrain_log_images(trainer: Trainer, step: int, images: dict[str, Any]) -> None:
+    """Images of an evaluated epoch: name -> uint8 (H, W, 3) numpy array (reconstructions, confusion matrix).
+
+    They are drawn only when some plugin implements this hook.
+    """
+
+
+@hookspec
+def pretrain_logger_schemas() -> dict[str, Any] | None:
+    """Trackers this plugin provides: ``{name in [train.loggers]: pydantic model of its table}``."""
+
+
+@hookspec
 def pretrain_train_end(trainer: Trainer, metrics: dict[str, Any]) -> None:
     """Called once when training finishes normally, with the last epoch's metrics."""

@@ -73,6 +73,11 @@ def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor
         raise PretrainError(f"{loc}: the pretrained checkpoint {problem}.",
                             hint="Fix `checkpoint` (relative paths are resolved from the current directory).")
     suffix = path.suffix.lower()
+    if path.name.endswith(".index.json"):  # a sharded (FSDP) checkpoint: merge the ranks' pieces
+        from pretrain.assembly.shards import read_sharded_index
+
+        state = read_sharded_index(path)
+        return {k: v.to(rule.map_location) for k, v in state.items()}
     if suffix == ".safetensors":
         try:
             state, _ = read_safetensors(path)  # the checksum pretrain writes is verified here
@@ -109,7 +114,8 @@ def _read_checkpoint(path: Path, rule: Pretrained, loc: str) -> dict[str, Tensor
         return dict(obj)
     raise PretrainError(
         f"{loc}: unsupported checkpoint format {path.suffix!r} ({str(path)!r}).",
-        hint="Use a .safetensors file (or .pth/.pt holding a plain state_dict).",
+        hint="Use a .safetensors file (or .pth/.pt holding a plain state_dict, or the *.index.json of a "
+        "sharded checkpoint).",
     )
 
 

@@ -86,9 +86,9 @@ def reconstruct_images(
 
     from pretrain.assembly.assemble import build_node
     from pretrain.components import Masked
-    from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
     from pretrain.engine.run_state import load_weights
+    from pretrain.engine.sharded import load_weights_file
     from pretrain.errors import PretrainError
 
     data = spec.sections.get("data")
@@ -109,7 +109,7 @@ def reconstruct_images(
             hint="Use a masked-image-modelling model such as MAE (or give your algorithm a "
             "reconstruct(images) method returning input, masked, reconstruction and mask).",
         )
-    tensors, _ = ckpt.load_tensors(weights)
+    tensors, _ = load_weights_file(weights)
     load_weights(model, tensors, weights)  # every key and shape, or a CheckpointError
     model.to(dev).eval()
     # Evaluation loader over the chosen split: fixed order, fixed augmentation seed.

@@ -81,6 +81,16 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _weights(rd: Any) -> Any:
+    """The run's best (else last) weights: a file, or a sharded checkpoint's index (FSDP)."""
+    from pretrain.errors import PretrainError
+
+    try:
+        return rd.weights("best")
+    except PretrainError:
+        return rd.last_weights
+
+
 def _summary(console: Any, rd: Any, record: dict[str, Any], wall: float) -> None:
     import json
 
@@ -100,7 +110,7 @@ def _summary(console: Any, rd: Any, record: dict[str, Any], wall: float) -> None
         f"[bold green]done[/] in {wall:.1f} s: epoch {record.get('epoch', '?')}, step {record.get('step', '?')}, "
         f"train_loss {record.get('train_loss', float('nan')):.4f}"
         f"{', ' + metrics if metrics else ''}{best}\n"
-        f"  weights: {rd.best_weights if rd.best_weights.exists() else rd.last_weights}\n"
+        f"  weights: {_weights(rd)}\n"
         f"  metrics: {rd.metrics_file}   curves: {rd.plot_file}",
         highlight=False,
     )

@@ -38,7 +38,17 @@ from torch import Tensor
 
 from pretrain._data_contracts import stack_masked
 from pretrain.assembly.assemble import build_node
-from pretrain.components import BaseDataset, Batch, Masked, Pipeline, SkipSample, mix_seed, to_channels
+from pretrain.components import (
+    BaseDataset,
+    BaseStreamDataset,
+    Batch,
+    Masked,
+    Pipeline,
+    SkipSample,
+    mix_seed,
+    to_channels,
+)
+from pretrain.engine.stream import StreamEvalLoader, StreamSource, StreamTrainLoader, check_stream
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
 from pretrain.spec.data_section import DataOptions, DataSection, DatasetSpec
@@ -294,12 +304,12 @@ class Loaders:
 
     """
 
-    train: TrainLoader | None
-    val: EvalLoader | None
+    train: TrainLoader | StreamTrainLoader | None
+    val: EvalLoader | StreamEvalLoader | None
     classes: tuple[str, ...]
     channels: int
     in_memory: dict[str, bool]
-    gallery: EvalLoader | None = None
+    gallery: EvalLoader | StreamEvalLoader | None = None
     train_eval: EvalLoader | None = None
     info: dict[str, SplitInfo] = field(default_factory=dict)
 
@@ -336,7 +346,7 @@ def _check_shape(out: Tensor | list[Tensor] | Masked, image_size: int | None, lo
 
 @dataclass
 class _Prepared:
-    source: _MemorySource | _LoaderSource
+    source: _MemorySource | _LoaderSource | StreamSource
     size: int
     info: SplitInfo
     channels: int
@@ -386,6 +396,12 @@ def _prepare(
         raise _fail(loc, f"channels = {requested} but the model takes {in_channels}-channel "
                     "images", "Remove `channels` (images then follow the model) or change it.")
     channels = in_channels or dataset.channels
+    if isinstance(dataset, BaseStreamDataset):  # sharded streams: see pretrain.engine.stream
+        stream = StreamSource(dataset, pipeline, channels, options.num_workers, device, _collate)
+        probe = check_stream(stream, loc)
+        if probe is not None:
+            _check_shape(probe, options.image_size, loc)
+        return _Prepared(stream, stream.size, info, channels, False, dataset)
     source, size, in_memory, labels = _source(dataset, pipeline, options, device, seed, channels, loc)
     if info.labelled and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
         raise _fail(loc, f"labels range {int(labels.min())}..{int(labels.max())} but there are "
@@ -470,7 +486,10 @@ def build_loaders(
     eval_batch = options.val_batch_size or options.batch_size
     built_train: _Prepared | None = None
 
-    def eval_loader(prepared: _Prepared) -> EvalLoader:
+    def eval_loader(prepared: _Prepared) -> EvalLoader | StreamEvalLoader:
+        if isinstance(prepared.source, StreamSource):
+            return StreamEvalLoader(prepared.source, batch_size=eval_batch, rank=rank, world_size=world_size,
+                                    seed=_EVAL_SEED)
         return EvalLoader(prepared.source, size=prepared.size, batch_size=eval_batch, rank=rank,
                           world_size=world_size)
 
@@ -480,8 +499,12 @@ def build_loaders(
         classes, channels, info["train"] = built_train.info.classes, built_train.channels, built_train.info
         if "train" in splits:
             memory["train"] = built_train.in_memory
-            train = TrainLoader(built_train.source, size=built_train.size, batch_size=options.batch_size,
-                                drop_last=options.drop_last, seed=seed, rank=rank, world_size=world_size)
+            held_train = built_train.source
+            train = (StreamTrainLoader(held_train, batch_size=options.batch_size, drop_last=options.drop_last,
+                                       seed=seed, rank=rank, world_size=world_size)
+                     if isinstance(held_train, StreamSource) else
+                     TrainLoader(held_train, size=built_train.size, batch_size=options.batch_size,
+                                 drop_last=options.drop_last, seed=seed, rank=rank, world_size=world_size))
             if len(train) == 0:
                 raise _fail(section.train.loc, f"{built_train.size} images give no batch of "
                             f"{options.batch_size} per process with drop_last",
@@ -503,6 +526,10 @@ def build_loaders(
         memory["gallery"], info["gallery"] = prepared.in_memory, prepared.info
         gallery = eval_loader(prepared)
     if built_train is not None and section.train is not None and "train_eval" in splits:
+        if isinstance(built_train.source, StreamSource):
+            raise _fail(section.train.loc, "kNN's default gallery is the training set read again through "
+                        "data.val's pipeline, which a sharded stream does not support",
+                        "Give the kNN gallery as [data.gallery] (a dataset or an embeddings file).")
         # kNN's default gallery: the training images through the validation pipeline.
         pipeline = Pipeline([_build(t) for t in section.val.pipeline] if section.val is not None else [])
         held = built_train.source if isinstance(built_train.source, _MemorySource) else None

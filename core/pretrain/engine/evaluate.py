@@ -33,9 +33,10 @@ from pretrain.engine.distributed import DistInfo, all_reduce_sum, init_distribut
 from pretrain.engine.embeddings import embed_batches, features_of, gather_in_order, load_embeddings
 from pretrain.engine.knn import knn_scores
 from pretrain.engine.memory_format import to_channels_last
-from pretrain.engine.metrics import MetricSet, MetricsReport
+from pretrain.engine.metrics import MetricSet, MetricsReport, gather_rows
 from pretrain.engine.retrieval import Gallery, QueryLabels, rank, relevance_batches
 from pretrain.engine.run_state import load_weights
+from pretrain.engine.stream import StreamEvalLoader
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
 from pretrain.spec.data_section import DataSection, DatasetSpec, GalleryFile
@@ -267,14 +268,19 @@ class Evaluator:
 
     # ------------------------------------------------------------------ features
 
-    def _embed(self, model: nn.Module, name: str, loader: EvalLoader, *, gather: bool) -> tuple[Tensor, Tensor]:
+    def _embed(self, model: nn.Module, name: str, loader: EvalLoader | StreamEvalLoader, *,
+               gather: bool) -> tuple[Tensor, Tensor]:
         key = f"{name}:{gather}"
         if key not in self._cache:
             feats, labels = embed_batches(
                 model, loader, autocast=lambda: autocast_context(self.device, self.precision),
                 memory_format=lambda x: to_memory_format(x, self.channels_last), extract=features_of,
             )
-            if gather:
+            if gather and isinstance(loader, StreamEvalLoader):
+                # A stream's split is not in dataset order; features and labels share one order.
+                feats = torch.cat(gather_rows(feats.to(self.device), self.dist))
+                labels = torch.cat(gather_rows(labels.to(self.device), self.dist))
+            elif gather:
                 feats = gather_in_order(feats.to(self.device), self.dist, loader.total_samples)
                 labels = gather_in_order(labels.to(self.device), self.dist, loader.total_samples)
             self._cache[key] = (feats.to(self.device), labels.to(self.device))
@@ -300,6 +306,11 @@ class Evaluator:
         val = self.loaders.val
         assert val is not None
         info = self.loaders.info["val"]
+        if info.matches is not None and isinstance(self.loaders.gallery, StreamEvalLoader):
+            raise PretrainError("data.val: the queries list matching gallery indices, but data.gallery is a "
+                                "sharded stream, whose items are not read in index order",
+                                hint="Use a class-labelled gallery, or an indexed dataset (or an embeddings "
+                                "file from `pretrain embed`) as [data.gallery].")
         gallery = self._gallery(model, for_knn=False)
         if info.matches is None:
             if not bool((gallery.labels >= 0).all()):
@@ -382,8 +393,8 @@ def evaluate_weights(
 
     """
     from pretrain.assembly.assemble import build_node
-    from pretrain.engine import checkpoint as ckpt
     from pretrain.engine.data import build_loaders
+    from pretrain.engine.sharded import load_weights_file
 
     weights = Path(weights)
     data = spec.sections.get("data")
@@ -394,7 +405,7 @@ def evaluate_weights(
     eval_cfg = spec.sections.get("eval") or EvalSection()
     precision = train.precision if train is not None else "fp32"
     info = init_distributed(device or (train.device if train is not None else "auto"))
-    tensors, _ = ckpt.load_tensors(weights)  # checksum verified before anything is built
+    tensors, _ = load_weights_file(weights)  # checksums verified before anything is built; shards merged
     model = build_node(spec.model, init=False).to(info.device)
     note = load_eval_weights(model, tensors, weights)
     if note and info.is_main:

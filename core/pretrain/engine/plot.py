@@ -1,12 +1,22 @@
-"""A PNG of the loss and metric curves of a run (``curves.png`` in the run directory).
+"""A PNG of a run's curves (``curves.png`` in the run directory), drawn with matplotlib.
 
-Uses matplotlib when installed (the ``pretrain[plot]`` extra); otherwise Pillow
-(a core dependency) draws simple line charts, so the PNG always exists.
+Three panels, one point per epoch (the ``metrics.jsonl`` records):
+
+- **loss**: ``train_loss`` and ``val_loss`` (when validation reports one) on a
+  log scale (a linear one when a value is not positive);
+- **validation metrics**: every other numeric metric of the records
+  (``accuracy/top1``, ``accuracy/top5``, any metric a plugin adds), so a new metric
+  appears without touching this file;
+- **learning rate**: the nominal LR at the end of each epoch (a secondary panel,
+  since its scale has nothing to do with the others).
+
+Drawing uses the object-oriented API on an Agg canvas (no pyplot, no global state),
+so it is safe in any thread and never opens a window.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import math
 import os
 import time
@@ -15,128 +25,105 @@ from typing import Any
 
 from pretrain.engine.checkpoint import atomic_write_bytes
 
-__all__ = ["CurvePlotter", "plot_confusion_matrix", "plot_curves"]
+__all__ = ["CurvePlotter", "confusion_png", "metric_series", "plot_confusion_matrix", "plot_curves"]
 
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
-#: Percent metrics drawn in the validation panel.
-_PERCENT_PREFIXES = ("accuracy/", "knn/", "retrieval/")
-
-
-def _series(history: Sequence[dict[str, Any]]) -> tuple[list[float], dict[str, list[float]]]:
-    epochs = [float(r["epoch"]) for r in history]
-    keys = sorted({k for r in history for k in r if k.startswith(_PERCENT_PREFIXES)})
-    metrics = {k: [float(r.get(k, float("nan"))) for r in history] for k in keys}
-    return epochs, metrics
+#: Record keys that are bookkeeping, not curves of the metrics panel.
+_NOT_METRICS = frozenset({
+    "epoch", "step", "train_loss", "val_loss", "lr", "epoch_time_s", "images_per_s",
+    "num_samples", "num_queries", "gallery_size", "knn_gallery_size",  # evaluation's counts
+})
 
 
-def _losses(history: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    """``train_loss``, and ``val_loss`` when the run has one (self-supervised validation)."""
-    out = {"train_loss": [float(r["train_loss"]) for r in history]}
-    if any("val_loss" in r for r in history):
-        out["val_loss"] = [float(r.get("val_loss", float("nan"))) for r in history]
+def _values(history: Sequence[dict[str, Any]], key: str) -> list[float]:
+    out = []
+    for record in history:
+        value = record.get(key)
+        out.append(float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan)
     return out
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
-                backend: str = "auto") -> str:
-    """Write the curves of ``history`` (metrics.jsonl records) to ``path``.
+def metric_series(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Group the numeric series of ``history`` by panel: ``loss``, ``metrics``, ``lr``.
 
     Args:
-        history: One record per epoch (``epoch``, ``train_loss``, ``accuracy/top*``...).
-        path: The PNG to (atomically) write.
-        backend: ``auto`` (matplotlib if importable), ``matplotlib`` or ``pillow``.
+        history: ``metrics.jsonl`` records (one per epoch).
 
     Returns:
-        The backend used.
+        ``{"loss": {...}, "metrics": {...}, "lr": {...}}``, each mapping a record key to
+        its per-epoch values (NaN where an epoch lacks it, e.g. between evaluations).
 
     """
-    if not history:
-        return "none"
-    use_mpl = backend == "matplotlib" or (
-        backend == "auto" and importlib.util.find_spec("matplotlib") is not None
-    )
-    data = _matplotlib_png(history) if use_mpl else _pillow_png(history)
-    atomic_write_bytes(path, data)
-    return "matplotlib" if use_mpl else "pillow"
+    losses = {"train_loss": _values(history, "train_loss")}
+    if any("val_loss" in r for r in history):
+        losses["val_loss"] = _values(history, "val_loss")
+    keys = sorted({
+        k for r in history for k, v in r.items()
+        if k not in _NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
+    })
+    metrics = {k: _values(history, k) for k in keys}
+    lr = {"lr": _values(history, "lr")} if any("lr" in r for r in history) else {}
+    return {"loss": losses, "metrics": metrics, "lr": lr}
 
 
-def _matplotlib_png(history: Sequence[dict[str, Any]]) -> bytes:
-    import io
+def _draw(ax: Any, epochs: list[float], series: dict[str, list[float]], *, title: str,
+          log: bool = False, ylabel: str | None = None) -> None:
+    finite = [v for vs in series.values() for v in vs if math.isfinite(v)]
+    for name, values in series.items():
+        pts = [(e, v) for e, v in zip(epochs, values, strict=True) if math.isfinite(v)]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.5, label=name)
+    if log and finite and min(finite) > 0:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    if epochs and max(epochs) - min(epochs) < 12:
+        ax.set_xticks(sorted(set(epochs)))
+    if series and finite:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, color="gray")
 
+
+def render_png(history: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
+    """The curves of ``history`` as PNG bytes (see the module docstring for the panels)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    epochs, metrics = _series(history)
-    fig = Figure(figsize=(10, 4), dpi=100)
-    ax1, ax2 = fig.subplots(1, 2)
-    for key, values in _losses(history).items():
-        ax1.plot(epochs, values, marker="o", ms=3, label=key)
-    ax1.set_xlabel("epoch")
-    ax1.set_title("loss")
-    ax1.grid(alpha=0.3)
-    ax1.legend(loc="upper right")
-    for key, values in metrics.items():
-        ax2.plot(epochs, values, marker="o", ms=3, label=key)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("%")
-    ax2.set_title("validation")
-    ax2.grid(alpha=0.3)
-    if metrics:
-        ax2.legend(loc="lower right")
+    epochs = [float(r.get("epoch", i + 1)) for i, r in enumerate(history)]
+    panels = metric_series(history)
+    fig = Figure(figsize=(15, 4.2), dpi=dpi)
+    ax_loss, ax_metrics, ax_lr = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 3, 2]})
+    _draw(ax_loss, epochs, panels["loss"], title="loss (log scale)", log=True)
+    _draw(ax_metrics, epochs, panels["metrics"], title="validation metrics")
+    _draw(ax_lr, epochs, panels["lr"], title="learning rate", ylabel="lr")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def _pillow_png(history: Sequence[dict[str, Any]]) -> bytes:
-    import io
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
+    """Write the curves of ``history`` (metrics.jsonl records) to ``path`` atomically.
 
-    from PIL import Image, ImageDraw
+    Args:
+        history: One record per epoch (``epoch``, ``train_loss``, ``lr``, metrics ...).
+        path: The PNG to write.
 
-    epochs, metrics = _series(history)
-    panel_w, h, pad = 500, 400, 50
-    img = Image.new("RGB", (2 * panel_w, h), "white")
-    draw = ImageDraw.Draw(img)
-    panels = [
-        ("loss", _losses(history)),
-        ("validation (%)", metrics),
-    ]
-    for p, (title, series) in enumerate(panels):
-        x0, x1, y0, y1 = p * panel_w + pad, (p + 1) * panel_w - 20, 30, h - pad
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, 8), title, fill="black")
-        values = [v for vs in series.values() for v in vs if not math.isnan(v)]
-        if not values:
-            continue
-        lo, hi = min(values), max(values)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 1, hi + 1
-        e_lo, e_hi = min(epochs), max(epochs)
-        e_span = (e_hi - e_lo) or 1.0
+    Returns:
+        Whether a file was written (False for an empty history).
 
-        def xy(e: float, v: float, x0: int = x0, x1: int = x1, y0: int = y0, y1: int = y1,
-               lo: float = lo, hi: float = hi, e_lo: float = e_lo, e_span: float = e_span,
-               ) -> tuple[float, float]:
-            return (x0 + (x1 - x0) * (e - e_lo) / e_span, y1 - (y1 - y0) * (v - lo) / (hi - lo))
-
-        draw.text((x0 - 45, y0), f"{hi:.3g}", fill="black")
-        draw.text((x0 - 45, y1 - 10), f"{lo:.3g}", fill="black")
-        draw.text((x0, y1 + 8), f"epoch {e_lo:g}", fill="black")
-        draw.text((x1 - 60, y1 + 8), f"epoch {e_hi:g}", fill="black")
-        for i, (name, vs) in enumerate(series.items()):
-            color = _COLORS[i % len(_COLORS)]
-            pts = [xy(e, v) for e, v in zip(epochs, vs, strict=True) if not math.isnan(v)]
-            if len(pts) > 1:
-                draw.line(pts, fill=color, width=2)
-            for x, y in pts:
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-            draw.text((x0 + 8, y0 + 8 + 14 * i), name, fill=color)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    """
+    if not history:
+        return False
+    atomic_write_bytes(path, render_png(history))
+    return True
 
 
 class CurvePlotter:
@@ -159,44 +146,47 @@ class CurvePlotter:
             self._last = time.perf_counter()
 
 
+def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], *, dpi: int = 80) -> bytes:
+    """A confusion matrix (rows = true class, columns = predicted) as PNG bytes.
+
+    Cells are coloured by the share of their row (the per-class recall on the
+    diagonal); counts are written up to 20 classes, class names up to 40.
+    """
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.int64).reshape(len(matrix), -1)  # (K, K)
+    k = counts.shape[0]
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(12.0, 2.0 + 0.45 * k)
+    fig = Figure(figsize=(side, side), dpi=dpi)
+    ax = fig.subplots()
+    ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    names = [str(c) for c in classes] if len(classes) == k else [str(i) for i in range(k)]
+    if k <= 40:
+        ax.set_xticks(range(k), names, rotation=90, fontsize="small")
+        ax.set_yticks(range(k), names, fontsize="small")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize="x-small",
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("validation confusion matrix")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str],
 ) -> None:
-    """Write a confusion matrix (row = true class, column = predicted) as a PNG heat map.
-
-    Cells are shaded by the share of their row (the per-class recall on the diagonal);
-    counts are printed up to 20 classes and class names up to 30.
-    """
-    import io
-
-    from PIL import Image, ImageDraw
-
-    n = len(matrix)
-    if n == 0:
+    """Write ``confusion_matrix.png`` (see :func:`confusion_png`) atomically; nothing for an empty matrix."""
+    if len(matrix) == 0:
         return
-    cell = max(1, min(40, 640 // n))
-    margin = 70 if n <= 30 else 20
-    side = margin + n * cell
-    top = 44 if n <= 30 else 24
-    img = Image.new("RGB", (side + 10, side + top), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((margin, 4), "confusion matrix: rows = true class, columns = predicted", fill="black")
-    if n <= 30:
-        for j in range(n):
-            name = str(classes[j]) if j < len(classes) else str(j)
-            draw.text((margin + j * cell + 2, 26), name[: max(1, cell // 7)], fill="black")
-    for i, row in enumerate(matrix):
-        total = max(1, sum(row))
-        for j, count in enumerate(row):
-            share = count / total
-            shade = (int(255 - 225 * share), int(255 - 180 * share), 255)  # white -> blue
-            x, y = margin + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=shade, outline="#e0e0e0" if cell > 4 else None)
-            if n <= 20 and count:
-                draw.text((x + 3, y + cell // 3), str(count), fill="black" if share < 0.6 else "white")
-        if n <= 30:
-            name = str(classes[i]) if i < len(classes) else str(i)
-            draw.text((4, top + i * cell + cell // 3), name[:10], fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, confusion_png(matrix, classes))

@@ -9,7 +9,7 @@ for the file format and its atomic, checksummed writes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pretrain.assembly.weights_file import check_tensors
 from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.ema import ModelEMA
 from pretrain.engine.rundir import RunDir
+from pretrain.engine.sharded import is_sharded, load_sharded, read_index, write_index, write_shard
 
 __all__ = [
     "STATE_FORMAT",
@@ -28,7 +29,9 @@ __all__ = [
     "describe_last_checkpoint",
     "load_weights",
     "read_state",
+    "read_state_doc",
     "write_checkpoint",
+    "write_sharded_checkpoint",
     "write_state",
 ]
 
@@ -105,6 +108,63 @@ def write_checkpoint(
     ckpt.atomic_write_bytes(run.last_json, ckpt.dumps(info).encode())
 
 
+def write_sharded_checkpoint(
+    run: RunDir, *, rank: int, world_size: int, best: bool, record: Mapping[str, Any], state: RunState,
+    model: nn.Module, optimizer: torch.optim.Optimizer, rng: Mapping[str, Tensor], steps_per_epoch: int,
+    total_steps: int, best_metric: str, spec_raw: Mapping[str, Any], barrier: Callable[[], None],
+) -> None:
+    """Every rank writes its shard of the state and of the weights; rank 0 then writes the indexes.
+
+    The same files as :func:`write_checkpoint`, each split into one safetensors file per
+    rank plus a ``*.index.json`` (see :mod:`pretrain.engine.sharded`).
+    """
+    step = state.step
+    tensors: dict[str, Any] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_doc = ckpt.flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{rank}.{k}": v for k, v in rng.items()})
+    doc = {"format": STATE_FORMAT, "state": asdict(state), "optimizer": opt_doc, "scaler": {},
+           "world_size": world_size, "ema_updates": 0, "steps_per_epoch": steps_per_epoch,
+           "total_steps": total_steps}
+    state_meta = {"pretrain.state": ckpt.dumps(doc)}
+    write_shard(run.shard_file("last.state", rank, world_size), tensors, state_meta, rank=rank,
+                world_size=world_size, step=step)
+    meta = {"format": "pretrain.weights/1", "epoch": str(state.epoch), "step": str(step), "weights": "model",
+            "metrics": ckpt.dumps(record), "spec": ckpt.dumps(spec_raw)}
+    names: list[Any] = ["last", "best"] if best else ["last"]
+    weights = model.state_dict()
+    for name in names:
+        write_shard(run.shard_file(name, rank, world_size), weights, meta, rank=rank, world_size=world_size,
+                    step=step)
+    barrier()  # every shard is on disk before an index points at it
+    if rank == 0:
+        for name in [*names, "last.state"]:
+            files = [run.shard_file(name, r, world_size) for r in range(world_size)]
+            write_index(run.shard_index(name), files, step=step,
+                        metadata=state_meta if name == "last.state" else meta)
+        info = {"epoch": state.epoch, "step": step, "step_in_epoch": state.step_in_epoch, "best": state.best,
+                "best_epoch": state.best_epoch, "best_metric": best_metric, "weights": "model",
+                "sharded": world_size, "metrics": dict(record)}
+        ckpt.atomic_write_bytes(run.last_json, ckpt.dumps(info).encode())
+
+
+def read_state_doc(path: Path) -> dict[str, Any]:
+    """The JSON document (counters, seed, ...) of a state file or of a sharded state's index."""
+    if is_sharded(path):
+        return ckpt.parse_state_doc(path, read_index(path)["metadata"])
+    return ckpt.read_metadata_json(path)
+
+
+def _match_layout(reference: Any, value: Tensor) -> Tensor:
+    """``value`` (whole) as this rank's piece when ``reference`` is a sharded DTensor (FSDP), else as is."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(reference, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value.to(reference.device), reference.device_mesh, reference.placements,
+                                 src_data_rank=None)
+    return value
+
+
 def read_state(
     path: Path, *, model: nn.Module, ema: ModelEMA | None, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, rank: int, world_size: int, steps_per_epoch: int,
@@ -120,7 +180,12 @@ def read_state(
 
     """
     try:
-        tensors, meta = ckpt.load_tensors(path)
+        if is_sharded(path):  # an FSDP run's state: whole tensors rebuilt from every rank's shard
+            tensors, meta, per_rank = load_sharded(path, extra_per_rank="rng.")
+            for extra in per_rank:
+                tensors.update(extra)
+        else:
+            tensors, meta = ckpt.load_tensors(path)
     except ckpt.CheckpointError as exc:
         raise ckpt.CheckpointError(
             f"cannot resume from {path}: {exc.message}; nothing in the run directory was changed",
@@ -147,7 +212,14 @@ def read_state(
     # Hyper-parameters (lr, momentum, ...) come from the spec, so a resumed run may
     # change them; only the optimizer's state (moments, step counts) is restored.
     spec_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, doc["optimizer"], optimizer.state_dict()))
+    restored = ckpt.unflatten_optimizer(tensors, doc["optimizer"], optimizer.state_dict())
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for idx, per_param in restored["state"].items():
+        if idx < len(params):
+            for name, value in per_param.items():
+                if isinstance(value, Tensor) and value.shape == params[idx].shape:
+                    per_param[name] = _match_layout(params[idx], value)
+    optimizer.load_state_dict(restored)
     for group, values in zip(optimizer.param_groups, spec_groups, strict=True):
         group.update(values)
     if scaler.is_enabled() and doc.get("scaler"):
@@ -169,7 +241,9 @@ def load_weights(module: nn.Module, state: Mapping[str, Tensor], path: Path | st
     """
     hint = ("The spec's model changed since the checkpoint was written; use the spec "
             "saved in the run directory (spec.toml).")
-    check_tensors(state, module.state_dict(), str(path))  # before anything is copied
+    reference = module.state_dict()
+    check_tensors(state, reference, str(path))  # before anything is copied (a DTensor has its whole shape)
+    state = {k: _match_layout(reference[k], v) if k in reference else v for k, v in state.items()}
     try:
         result = module.load_state_dict(dict(state), strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -193,11 +267,12 @@ def _few(keys: Sequence[str]) -> str:
 
 def describe_last_checkpoint(run: RunDir) -> tuple[str, str]:
     """What a failed run leaves to resume from, and what to do: for its error message."""
-    if not run.state_file.exists():
+    state_path = run.resume_state()
+    if state_path is None:
         return ("no checkpoint was written yet; there is nothing to resume from",
                 "Start again after changing the spec.")
     try:
-        info = ckpt.read_metadata_json(run.state_file)["state"]
+        info = read_state_doc(state_path)["state"]
     except ckpt.CheckpointError:
         return f"the last checkpoint in {run.checkpoints} is kept", "Inspect it before resuming."
     return (f"the last good checkpoint ({run.last_weights}, epoch {info['epoch']}, step {info['step']}) is kept",

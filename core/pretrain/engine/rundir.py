@@ -7,12 +7,20 @@
       metrics.jsonl             one JSON object per epoch
       curves.png                train loss and validation metrics per epoch
       confusion_matrix.png      classifiers: the last validation's confusion matrix
+      classes.json              the training dataset's class names, in label order (``pretrain predict``)
       .pretrain.lock            held (fcntl) while a run writes here: pid and host inside
       checkpoints/
         last.safetensors        weights of the last checkpoint (for ``pretrain eval``)
         best.safetensors        weights of the best epoch by ``train.best_metric``
         last.state.safetensors  everything ``--resume`` needs
         last.json               human-readable counters of ``last``
+
+An FSDP run (``train.strategy = "fsdp"``) writes each of these safetensors files as
+one file per rank plus an index (:mod:`pretrain.engine.sharded`)::
+
+        last-00000-of-00002.safetensors ...       last.index.json
+        best-00000-of-00002.safetensors ...       best.index.json
+        last.state-00000-of-00002.safetensors ... last.state.index.json
 
 All files are replaced atomically; ``metrics.jsonl`` is rewritten from the
 checkpoint's history on resume, so a run killed between writes never shows an
@@ -60,30 +68,48 @@ class RunDir:
         self.last_weights = self.checkpoints / "last.safetensors"
         self.best_weights = self.checkpoints / "best.safetensors"
         self.last_json = self.checkpoints / "last.json"
+        self.state_index = self.checkpoints / "last.state.index.json"
         self.spec_file = self.path / "spec.toml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.plot_file = self.path / "curves.png"
         self.confusion_file = self.path / "confusion_matrix.png"
+        self.classes_file = self.path / "classes.json"
         self.lock_file = self.path / ".pretrain.lock"
         self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ reading
 
+    def shard_file(self, name: Literal["last", "best", "last.state"], rank: int, world_size: int) -> Path:
+        """Rank ``rank``'s file of the sharded checkpoint ``name`` (FSDP runs)."""
+        return self.checkpoints / f"{name}-{rank:05d}-of-{world_size:05d}.safetensors"
+
+    def shard_index(self, name: Literal["last", "best", "last.state"]) -> Path:
+        """The index of the sharded checkpoint ``name`` (FSDP runs)."""
+        return self.checkpoints / f"{name}.index.json"
+
     def weights(self, prefer: Literal["best", "last"] = "best") -> Path:
-        """The weights file of this run: ``prefer``'s, else the other one.
+        """The weights of this run: ``prefer``'s, else the other one (a file, or a sharded index).
 
         Raises:
             RunDirError: The directory holds no weights.
 
         """
-        order = (self.best_weights, self.last_weights) if prefer == "best" else (self.last_weights, self.best_weights)
-        for path in order:
-            if path.is_file():
-                return path
+        order = ("best", "last") if prefer == "best" else ("last", "best")
+        for name in order:
+            for path in (self.checkpoints / f"{name}.safetensors", self.shard_index(name)):  # type: ignore[arg-type]
+                if path.is_file():
+                    return path
         raise RunDirError(
             f"{self.path} holds no weights (no checkpoints/best.safetensors or last.safetensors)",
             hint="Pass a .safetensors file, or a run directory that `pretrain train` has written.",
         )
+
+    def resume_state(self) -> Path | None:
+        """The state ``--resume`` reads: ``last.state.safetensors``, or its sharded index; None if neither."""
+        for path in (self.state_file, self.state_index):
+            if path.is_file():
+                return path
+        return None
 
     @staticmethod
     def resolve_weights(path: str | Path, prefer: Literal["best", "last"] = "best") -> Path:
@@ -103,7 +129,9 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         """Whether an earlier run left checkpoints here."""
-        return any(p.exists() for p in (self.state_file, self.last_weights, self.best_weights))
+        own = (self.state_file, self.state_index, self.last_weights, self.best_weights,
+               self.shard_index("last"), self.shard_index("best"))
+        return any(p.exists() for p in own)
 
     def foreign_entries(self) -> list[str]:
         """Entries of the directory that no run wrote (the user's own files).
@@ -128,6 +156,27 @@ class RunDir:
         alt = self.spec_file.with_suffix(".json")
         if alt.exists():
             return dict(json.loads(alt.read_text(encoding="utf-8")))
+        return None
+
+    def read_classes(self) -> list[str] | None:
+        """The class names the run trained on (``classes.json``), or None when absent."""
+        if not self.classes_file.exists():
+            return None
+        try:
+            doc = json.loads(self.classes_file.read_text(encoding="utf-8"))
+            return [str(c) for c in doc["classes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunDirError(f"{self.classes_file} is not a classes file ({type(exc).__name__}: {exc})",
+                              hint="Delete it (predict then shows class indices) or restore it.") from None
+
+    @staticmethod
+    def for_weights(path: str | Path) -> RunDir | None:
+        """The run directory a weights path belongs to (the directory itself, or ``<run>/checkpoints/<file>``)."""
+        path = Path(path)
+        if path.is_dir():
+            return RunDir(path)
+        if path.parent.name == "checkpoints":
+            return RunDir(path.parent.parent)
         return None
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -202,20 +251,23 @@ class RunDir:
 
         """
         self.check_usable()
-        if self.state_file.exists():
+        state = self.resume_state()
+        if state is not None:
             try:  # the header only: read_state verifies the whole file before using it
-                read_metadata_json(self.state_file)
-            except CheckpointError as exc:
+                read_metadata_json(state) if state == self.state_file else json.loads(state.read_text())
+            except (CheckpointError, OSError, ValueError) as exc:
+                reason = exc.message if isinstance(exc, CheckpointError) else str(exc)
                 raise RunDirError(
-                    f"cannot resume {self.path}: its state file is damaged ({exc.message}); "
+                    f"cannot resume {self.path}: its state file is damaged ({state.name}: {reason}); "
                     "nothing was changed.",
-                    hint="Restore checkpoints/last.state.safetensors from a copy, or start a new run "
+                    hint=f"Restore checkpoints/{state.name} from a copy, or start a new run "
                     "in another directory, initialising the model from checkpoints/last.safetensors "
                     "(or best) with a Pretrained init rule.",
                 ) from exc
             return True
         if self.has_checkpoint():
-            found = [p.name for p in (self.last_weights, self.best_weights) if p.exists()]
+            found = [p.name for p in (self.last_weights, self.best_weights, self.shard_index("last"),
+                                      self.shard_index("best")) if p.exists()]
             raise RunDirError(
                 f"cannot resume {self.path}: {', '.join(found)} exist but "
                 f"{self.state_file.name} (the optimizer, RNG and counter state) is missing, so "
@@ -337,6 +389,11 @@ class RunDir:
             path = self.spec_file.with_suffix(".json")
         atomic_write_bytes(path, text.encode("utf-8"))
         return path
+
+    def write_classes(self, classes: Sequence[str]) -> None:
+        """Write the class names in label order (``{"classes": [...]}``)."""
+        text = json.dumps({"classes": [str(c) for c in classes]}, indent=1) + "\n"
+        atomic_write_bytes(self.classes_file, text.encode("utf-8"))
 
     def write_metrics(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (one line per epoch)."""

@@ -14,12 +14,12 @@ steps (every step on CPU, where it is free), which is also where a non-finite
 loss stops the run. Each epoch ends with evaluation, a ``metrics.jsonl`` record,
 the ``last`` (and maybe ``best``) checkpoint and the ``pretrain_epoch_end`` hook.
 Everything else lives in small modules: optim, schedule, run_state, checkpoint,
-evaluate, ema, metrics, distributed, progress, plot, rundir.
+evaluate, ema, metrics, distributed, strategy (DDP/FSDP), sharded, tracking,
+progress, plot, rundir.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -37,7 +37,6 @@ from pretrain.engine import checkpoint as ckpt
 from pretrain.engine.data import Loaders, build_loaders
 from pretrain.engine.distributed import (
     DistInfo,
-    LossForward,
     all_gather_tensors,
     all_reduce_sum,
     barrier,
@@ -59,9 +58,18 @@ from pretrain.engine.memory_format import guard_note, to_channels_last
 from pretrain.engine.optim import build_optimizer
 from pretrain.engine.plot import CurvePlotter, plot_confusion_matrix
 from pretrain.engine.progress import ProgressReporter, print_run_header
-from pretrain.engine.run_state import RunState, describe_last_checkpoint, read_state, write_checkpoint
+from pretrain.engine.run_state import (
+    RunState,
+    describe_last_checkpoint,
+    read_state,
+    read_state_doc,
+    write_checkpoint,
+    write_sharded_checkpoint,
+)
 from pretrain.engine.rundir import RunDir, RunDirError
 from pretrain.engine.schedule import LRSchedule, build_schedule
+from pretrain.engine.strategy import Strategy, build_strategy
+from pretrain.engine.tracking import epoch_images, log_step_scalars
 from pretrain.errors import PretrainError
 from pretrain.registry.plugins import HookCaller, get_plugin_manager
 from pretrain.spec.sections import EvalSection, TrainSection, resolve_best_metric, retrieval_topk
@@ -122,6 +130,7 @@ class Trainer:
         self.scaler: torch.amp.GradScaler
         self.ema: ModelEMA | None = None
         self.ddp: nn.parallel.DistributedDataParallel | None = None
+        self.strategy: Strategy
         self.forward: Callable[[Any, Tensor], dict[str, Tensor]]
         self.hooks: HookCaller
         self.sync_every = 1
@@ -178,7 +187,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         seed = self._seed_arg if self._seed_arg is not None else cfg.seed
         if resuming:
-            seed = int(ckpt.read_metadata_json(self.run.state_file)["state"]["seed"])
+            seed = int(read_state_doc(self.run.resume_state() or self.run.state_file)["state"]["seed"])
         self.state.seed = seed
         configure_backends(self.device, cpu_threads=cfg.cpu_threads, deterministic=cfg.deterministic)
 
@@ -212,21 +221,16 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.schedule = build_schedule(cfg.schedule, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
+        self.strategy = build_strategy(cfg.strategy, d, precision=cfg.precision, ema=cfg.ema is not None)
+        self.strategy.prepare(model)  # FSDP shards the parameters before the optimizer sees them
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.paramwise)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = ModelEMA(model, cfg.ema) if cfg.ema is not None else None
 
-        # ``forward(x, y) -> loss dict``: model.loss itself, or through DDP / torch.compile.
-        self.forward = model.loss  # type: ignore[assignment]
-        if d.distributed or cfg.compile:
-            wrapped: nn.Module = LossForward(model)
-            if d.distributed:
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                wrapped = self.ddp = nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
-            if cfg.compile:
-                wrapped = torch.compile(wrapped)  # type: ignore[assignment]
-            self.forward = wrapped
+        # ``forward(x, y) -> loss dict``: model.loss itself, or through DDP / FSDP / torch.compile.
+        self.forward = self.strategy.forward_fn(model, compile=cfg.compile)
+        self.ddp = self.strategy.ddp
 
         if resuming:
             self._load_checkpoint()
@@ -265,6 +269,8 @@ class Trainer:
                                    f"in {self.run.checkpoints}", highlight=False)
             if not (self.resume and self.run.spec_file.exists()):
                 self.run.write_spec(self.spec.raw)
+            if self.loaders.classes:
+                self.run.write_classes(self.loaders.classes)
             self.run.write_metrics(self.state.history)
             train, val = self.loaders.train, self.loaders.val
             assert train is not None
@@ -333,13 +339,10 @@ class Trainer:
                         and st.step < self.total_steps)  # else the epoch's end saves next
             if st.step_in_epoch % self.sync_every == 0 or due_ckpt:
                 loss = self._sync_losses()
-            elapsed = time.perf_counter() - t0
-            progress.step(
-                step_in_epoch=st.step_in_epoch, global_step=st.step, loss=loss,
-                lr=self._nominal_lr(st.step - 1), images_per_s=images / max(elapsed, 1e-9),
-                steps_done_this_session=self._steps_session,
-                elapsed=time.perf_counter() - self._t_session,
-            )
+            lr, ips = self._nominal_lr(st.step - 1), images / max(time.perf_counter() - t0, 1e-9)
+            progress.step(step_in_epoch=st.step_in_epoch, global_step=st.step, loss=loss, lr=lr, images_per_s=ips,
+                          steps_done_this_session=self._steps_session, elapsed=time.perf_counter() - self._t_session)
+            log_step_scalars(self, loss, lr, ips)
             if due_ckpt:
                 self._save_checkpoint(best=False)
             if st.step >= self.total_steps or (limit is not None and done >= limit):
@@ -357,8 +360,7 @@ class Trainer:
         total: Tensor | None = None
         for i, (inputs, targets) in enumerate(group):
             x = to_memory_format(inputs, self.channels_last)  # uint8 (B, C, H, W)
-            skip_sync = self.ddp is not None and i < n - 1
-            with self.ddp.no_sync() if skip_sync else contextlib.nullcontext():  # type: ignore[union-attr]
+            with self.strategy.sync(last=i == n - 1):
                 with autocast_context(self.device, self.cfg.precision):
                     loss = self.forward(x, targets)["loss"]  # scalar
                 scaler.scale(loss / n if n > 1 else loss).backward()  # type: ignore[no-untyped-call]
@@ -421,6 +423,7 @@ class Trainer:
         """Validation metrics of the evaluated weights (the EMA when it is evaluated)."""
         assert self.loaders.val is not None
         model = self.ema.module if self.ema is not None and self.ema.cfg.evaluate else self.model
+        model = self.strategy.eval_model(model)
         # BatchNorm statistics drift apart across DDP ranks between forwards; score (and
         # save) rank 0's, so every rank evaluates the weights in the checkpoint.
         broadcast_buffers(model, self.dist)
@@ -453,12 +456,22 @@ class Trainer:
             if self.last_eval is not None and "confusion_matrix" in self.last_eval:
                 plot_confusion_matrix(self.last_eval["confusion_matrix"], self.loaders.classes, self.run.confusion_file)
         self.hooks.call("pretrain_epoch_end", trainer=self, epoch=epoch + 1, metrics=record)
+        epoch_images(self)  # for trackers that take images (only drawn when one does)
         return record
 
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, *, best: bool, record: dict[str, Any] | None = None) -> None:
-        """Write ``last`` (+ ``best``) on rank 0; every rank contributes its RNG state."""
+        """Write ``last`` (+ ``best``): rank 0 with every rank's RNG state, or every rank its shard (FSDP)."""
+        if self.strategy.sharded:  # FSDP: every rank writes its shard
+            write_sharded_checkpoint(
+                self.run, rank=self.dist.rank, world_size=self.dist.world_size, best=best, record=record or {},
+                state=self.state, model=self.model, optimizer=self.optimizer, rng=ckpt.capture_rng(),
+                steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                best_metric=self.best_metric[0], spec_raw=self.spec.raw, barrier=lambda: barrier(self.dist),
+            )
+            barrier(self.dist)
+            return
         rngs = all_gather_tensors(ckpt.capture_rng(), self.dist)  # collective: all ranks
         if self.dist.is_main:
             write_checkpoint(
@@ -471,7 +484,7 @@ class Trainer:
 
     def _load_checkpoint(self) -> None:
         self.state = read_state(
-            self.run.state_file, model=self.model, ema=self.ema, optimizer=self.optimizer,
+            self.run.resume_state() or self.run.state_file, model=self.model, ema=self.ema, optimizer=self.optimizer,
             scaler=self.scaler, rank=self.dist.rank, world_size=self.dist.world_size,
             steps_per_epoch=self.steps_per_epoch,
         )

@@ -158,12 +158,17 @@ class HookCaller:
 
 def _raising_impl(impls: list[Any], exc: BaseException) -> Any:
     """The hook implementation whose code raised ``exc`` (innermost matching frame)."""
-    codes = {getattr(impl.function, "__code__", None): impl for impl in impls}
+    codes: dict[Any, list[Any]] = {}
+    for impl in impls:
+        codes.setdefault(getattr(impl.function, "__code__", None), []).append(impl)
     found = None
     tb = exc.__traceback__
     while tb is not None:
-        impl = codes.get(tb.tb_frame.f_code)
-        if impl is not None:
-            found = impl
+        candidates = codes.get(tb.tb_frame.f_code, [])
+        if len(candidates) > 1:  # one method shared by several plugin objects: match the instance
+            owner = tb.tb_frame.f_locals.get("self")
+            candidates = [i for i in candidates if getattr(i.function, "__self__", None) is owner] or candidates
+        if candidates:
+            found = candidates[0]
         tb = tb.tb_next
     return found

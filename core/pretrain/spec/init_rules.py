@@ -317,7 +317,8 @@ class Pretrained(_Strict):
     """
 
     type: Literal["Pretrained"] = "Pretrained"
-    checkpoint: str = Field(description="Path of a .safetensors (preferred) or .pth/.pt file (tensors only).")
+    checkpoint: str = Field(description="Path of a .safetensors (preferred) or .pth/.pt file (tensors only), "
+                            "or the *.index.json of a sharded (FSDP) checkpoint.")
     prefix: str | None = Field(
         None,
         description="Only keys under this prefix are used, with the prefix stripped "

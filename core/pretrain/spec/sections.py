@@ -58,6 +58,7 @@ from pretrain.spec.eval_section import (
     metric_nodes,
     retrieval_topk,
 )
+from pretrain.spec.loggers import loggers_json_schema, validate_loggers
 from pretrain.spec.values import MISSING
 
 __all__ = [
@@ -273,6 +274,16 @@ class TrainSection(_Strict):
         default=0, description="Seed of initialisation, data order and augmentation (0 to 2**63 - 1)."
     )
     deterministic: bool = Field(default=False, description="Ask torch for deterministic algorithms (slower on CUDA).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="Multi-process training under torchrun: ddp (every rank holds the model) or fsdp "
+        "(FSDP2 fully_shard: parameters, gradients and optimizer state sharded; sharded checkpoints).",
+    )
+    loggers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Experiment trackers: [train.loggers.tensorboard], .mlflow, .wandb (each an optional "
+        "extra) or any tracker a plugin adds; each sub-table holds that tracker's options.",
+    )
     sync_bn: bool = Field(
         default=False, description="Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only)."
     )
@@ -338,6 +349,7 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext, *, check_b
             continue
         table = dict(value)
         optimizer: ComponentNode | None = None
+        loggers = table.pop("loggers", None) if model is TrainSection else None
         if model is TrainSection and "optimizer" in table:
             # A registered kind: resolved through the registry like any component table.
             optimizer = ctx.component("optimizer", table.pop("optimizer"), "train.optimizer")
@@ -348,6 +360,9 @@ def validate_sections(raw: Mapping[str, Any], ctx: ValidationContext, *, check_b
         except ValidationError as exc:
             ctx.add_pydantic(exc, name, model)
             validated = None
+        if validated is not None and loggers is not None:
+            trackers = validate_loggers(loggers, ctx, "train.loggers")
+            validated = None if trackers is None else validated.model_copy(update={"loggers": trackers})
         if validated is not None and (model is not TrainSection or optimizer is not None):
             out[name] = validated
         ctx.check_values(value, out.get(name, MISSING), name)
@@ -481,7 +496,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     A component field (``train.optimizer``) is a ``#/$defs/<kind>`` reference into the
     spec schema, whose definitions list every installed component of that kind.
     """
-    return {"train": _kind_refs(TrainSection.model_json_schema()), "eval": _kind_refs(eval_json_schema())}
+    out = {"train": _kind_refs(TrainSection.model_json_schema()), "eval": _kind_refs(eval_json_schema())}
+    loggers = out["train"]["properties"]["loggers"]
+    out["train"]["properties"]["loggers"] = loggers_json_schema(loggers.get("description", ""))
+    return out
 
 
 def _kind_refs(node: Any) -> Any:
