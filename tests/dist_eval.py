@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     from pretrain.engine.evaluate import evaluate_weights
 
     try:  # one process group for every spec (pretrain.evaluate would tear it down after each)
-        results = [evaluate_weights(prepare_spec(spec), weights, "cpu") for spec in specs]
+        results = [evaluate_weights(prepare_spec(spec, training=False), weights, "cpu") for spec in specs]
     finally:
         shutdown()
     rank = int(os.environ.get("RANK", "0"))

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pretrain.engine.predict import input_size
     from pretrain.errors import PretrainError
 
-    spec = prepare_spec(args.spec, args.overrides)
+    spec = prepare_spec(args.spec, args.overrides, training=False)
     note_broken_plugins()
     if args.input_size:
         try:

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PretrainError(f"--batch-size must be at least 1, got {args.batch_size}")
     paths = collect_images(args.images)
-    spec = prepare_spec(args.spec, args.overrides)
+    spec = prepare_spec(args.spec, args.overrides, training=False)
     note_broken_plugins()
     predictor = Predictor(spec, args.weights, device=args.device)
     if args.topk > predictor.num_classes:

@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         raise PretrainError(f"--num must be at least 1, got {args.num}")
     if args.scale is not None and args.scale < 1:
         raise PretrainError(f"--scale must be at least 1, got {args.scale}")
-    spec = prepare_spec(args.spec, args.overrides)
+    spec = prepare_spec(args.spec, args.overrides, training=False)
     weights = RunDir.resolve_weights(args.weights, prefer="last")
     images = reconstruct_images(spec, weights, num=args.num, split=args.split, seed=args.seed,
                                 device=args.device)
