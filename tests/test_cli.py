@@ -63,6 +63,17 @@ def test_validate_reports_shape_mismatch_json_and_human():
     assert "Traceback" not in human.stderr
 
 
+def test_validate_a_finetune_spec_before_its_checkpoint_exists(tmp_path):
+    spec = str(SPECS / "vit-tiny_digits_finetune.toml")
+    missing = tmp_path / "not-yet.safetensors"
+    args = [spec, "--set", f"model.backbone.init.0.checkpoint='{missing}'"]
+    strict = run_cli("validate", *args)
+    assert strict.returncode == 1 and "does not exist" in strict.stderr and "--no-file-checks" in strict.stderr
+    relaxed = run_cli("validate", *args, "--no-file-checks", "--json")
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert json.loads(relaxed.stdout)["ok"] is True
+
+
 def test_validate_many_errors_and_debug_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(

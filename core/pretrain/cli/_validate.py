@@ -40,6 +40,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--check-on", choices=("auto", "cpu", "meta"), default="auto",
                    help="where the steps run: real CPU tensors (exact, fast for small models), the meta "
                    "device (shapes only, no memory) or auto: the CPU up to 30M parameters")
+    p.add_argument("--no-file-checks", action="store_true",
+                   help="do not require the files the spec names (Pretrained checkpoints) to exist yet, e.g. "
+                   "a fine-tuning spec whose checkpoint the pretraining run will write")
     p.add_argument("--json", action="store_true", help='print {"ok", "errors", "params", "steps", ...}')
     p.set_defaults(run=run)
 
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
             raise SpecError([issue]) from None
     report = None
     try:
-        spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec)
+        spec = validate_spec(load_spec(args.spec, args.overrides), source=args.spec,
+                             check_files=not args.no_file_checks)
         from pretrain.engine.preflight import check_model
 
         report = check_model(spec, input_size=size, device=args.check_on)

@@ -279,5 +279,7 @@ class ValidationContext:
                 problem = checkpoint_problem(getattr(rule, "checkpoint", None))
                 if problem:
                     key = ".".join([*loc.replace("[", ".").replace("]", "").split("."), str(i), "checkpoint"])
-                    self.add(join_loc(loc, i, "checkpoint"), f"{problem}; e.g. --set {key}=PATH.safetensors")
+                    self.add(join_loc(loc, i, "checkpoint"),
+                             f"{problem}; e.g. --set {key}=PATH.safetensors (`pretrain validate --no-file-checks` "
+                             "checks the rest of the spec before the file exists)")
         return rules if len(self.issues) == before else None
