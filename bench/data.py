@@ -160,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(rates["torchvision ImageFolder + v2"])
     print(f"data loading, {args.images} JPEGs ~320x256 -> RandomResizedCrop 224 + flip, batch {args.batch}, "
           f"{args.workers} workers, median of {args.rounds} interleaved rounds (torch {torch.__version__})")
+    tv = rates["torchvision ImageFolder + v2"]
     for name, values in rates.items():
         med = statistics.median(values)
-        print(f"  {name:32s} {med:8.1f} images/s   ratio vs torchvision {med / base:5.2f}x")
+        # Each round's own ratio too: the two sides ran back to back, so a busy spell on
+        # the machine hits both; their median is the steadier figure on a shared machine.
+        per_round = [v / t for v, t in zip(values, tv, strict=True)]
+        print(f"  {name:32s} {med:8.1f} images/s   ratio vs torchvision {med / base:5.2f}x   "
+              f"per-round ratios {' '.join(f'{r:.2f}' for r in per_round)} (median {statistics.median(per_round):.2f})")
     if not cuda:
         print("  GPU decode_jpeg: skipped (no CUDA device)")
     return 0
