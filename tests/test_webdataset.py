@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def test_shard_index_and_dataset(shards: Path) -> None:
     index = json.loads((shards / "train" / "index.json").read_text())
     assert index["samples"] == 1438 and len(index["shards"]) == 15 and index["classes"] == [str(i) for i in range(10)]
     assert [s["samples"] for s in index["shards"]] == [100] * 14 + [38]
+    with tarfile.open(shards / "train" / "shard-000000.tar") as tar:  # plain ustar: no PAX header to parse
+        members = tar.getmembers()
+    assert len(members) == 200 and not any(m.pax_headers for m in members)
     from pretrain.registry.registry import get_registry
 
     wds = get_registry().get("dataset", "WebDataset")
