@@ -152,4 +152,10 @@ def test_decode_image_is_planar_contiguous_and_writable(tmp_path: Path) -> None:
         assert torch.equal(out, torch.from_numpy(ref.reshape(*ref.shape[:2], channels).copy()).permute(2, 0, 1))
         out[0, 0, 0] = 7  # a writable, owned buffer
     assert decode_image(tmp_path / "rot.jpg", 3).shape == (3, 13, 21)  # the orientation applied
+    # The extension's format is tried first, but a file whose extension lies still decodes.
+    (tmp_path / "png.jpg").write_bytes((tmp_path / "a.png").read_bytes())
+    expect = decode_image(tmp_path / "a.png", 3)
+    assert torch.equal(decode_image(tmp_path / "png.jpg", 3), expect)
+    stream = io.BytesIO((tmp_path / "a.png").read_bytes())
+    assert torch.equal(decode_image(stream, 3, extension=".jpg"), expect)
 

@@ -18,12 +18,13 @@ with ``skip_unreadable``, a warning that says how many were left out).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -45,13 +46,41 @@ def _image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def decode_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> Tensor:
+@functools.cache
+def _format_of(extension: str) -> str | None:
+    """Pillow's format name for a file extension (``.jpg`` -> ``JPEG``), None if unknown."""
+    return Image.registered_extensions().get(extension.lower())
+
+
+def _open(source: str | os.PathLike[str] | BinaryIO, extension: str | None) -> Image.Image:
+    """``Image.open``, trying the extension's format first.
+
+    Once every plugin is loaded (listing the known extensions loads them), Pillow probes
+    the formats in registration order (IM, IMT, IPTC, ... before JPEG): half the cost of
+    opening a JPEG. A file whose extension lies is still opened, by probing them all.
+    """
+    if extension is None and isinstance(source, (str, os.PathLike)):
+        extension = os.path.splitext(source)[1]
+    fmt = _format_of(extension) if extension else None
+    if fmt is not None:
+        try:
+            return Image.open(source, formats=[fmt])
+        except UnidentifiedImageError:
+            if not isinstance(source, (str, os.PathLike)):
+                source.seek(0)
+    return Image.open(source)
+
+
+def decode_image(
+    path: str | os.PathLike[str] | BinaryIO, channels: int, size: int | None = None, *, extension: str | None = None,
+) -> Tensor:
     """Decode a file as uint8 (channels, H, W); with ``size``, resize+centre-crop to size×size.
 
     EXIF orientation is applied; 16-bit gray is scaled to 8 bits; transparency is
-    dropped (composited on black, as Pillow's ``convert`` does).
+    dropped (composited on black, as Pillow's ``convert`` does). ``extension``
+    (``.jpg``; by default the path's) names the format to try first.
     """
-    with Image.open(path) as opened:
+    with _open(path, extension) as opened:
         # Transpose and convert only when needed: without an orientation to apply (or
         # with the mode already right) Pillow returns a copy, ~30 us per photo, on the
         # DataLoader path's every sample.
