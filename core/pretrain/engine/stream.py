@@ -84,8 +84,8 @@ class _StreamWorkers(torch.utils.data.IterableDataset[tuple[int, Any]]):
         self.source, self.rank, self.world_size = source, rank, world_size
         self.batch_size, self.drop_last, self.shuffle, self.seed = batch_size, drop_last, shuffle, seed
         # (epoch, start batch) in shared memory: the DataLoader's workers persist across
-        # epochs (forking them again cost ~15% of bench/data.py's 512-image epoch) and read the values set here
-        # when each epoch's iteration starts.
+        # epochs (forking them again cost ~15% of bench/data.py's 512-image epoch) and
+        # read the values set here when each epoch's iteration starts.
         self._state = torch.zeros(2, dtype=torch.int64)
         self._state.share_memory_()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         self.workers = max(1, source.num_workers)
