@@ -97,7 +97,7 @@ def decode_image(
         if size is not None:
             img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
         # Planar (C, H, W) straight from Pillow, one band at a time into one writable
-        # buffer: 1.7x faster than an (H, W, C) array transposed into a copy.
+        # buffer: 1.25-1.7x faster than an (H, W, C) array transposed into a copy.
         planes = bytearray()
         for band in img.getbands():  # ("R", "G", "B") or ("L",)
             planes += img.tobytes("raw", band)
