@@ -5,7 +5,9 @@ varying sizes around 320x256, nothing downloaded), apply RandomResizedCrop(224) 
 a horizontal flip, and batch them with the same ``--workers`` DataLoader workers and
 batch size. Rounds alternate (ours, torchvision, ours-from-WebDataset-shards, ...) so
 machine noise hits every side alike; the figures are medians over rounds of images/s,
-and the ratio ours / torchvision (target >= 1.0).
+and the ratio ours / torchvision (target >= 1.0), also per round. Then the same
+work runs in the main process alone (no workers) and is timed in CPU seconds per
+image: the cost inside each worker, the steadier measure on a shared machine.
 
 On CUDA it also measures the GPU-decode option: workers only read the file bytes,
 ``torchvision.io.decode_jpeg(..., device="cuda")`` decodes a whole batch on the GPU,
@@ -129,6 +131,14 @@ def timed(make: Callable[[], Iterable[Any]], sync: bool = False) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def cpu_ms(make: Callable[[], Iterable[Any]]) -> float:
+    """CPU milliseconds (this process) per image of one pass."""
+    t0, n = time.process_time(), 0
+    for item in make():
+        n += len(item[0])
+    return (time.process_time() - t0) * 1e3 / n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=512)
@@ -157,14 +167,33 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, make in sides.items():
                 rates[name].append(timed(make, sync=cuda and "GPU" in name))
+        # The same work in this process alone (no workers), timed in CPU seconds: what
+        # each worker spends per image, barely moved by other jobs on a shared machine.
+        inline = {"ours (ImageFolder)": ours(folder, 0, args.batch),
+                  "torchvision ImageFolder + v2": torchvision_v2(folder, 0, args.batch),
+                  "ours (WebDataset shards)": ours_webdataset(shards, 0, args.batch)}
+        cpu: dict[str, list[float]] = {k: [] for k in inline}
+        for _ in range(args.rounds):
+            for name, make in inline.items():
+                cpu[name].append(cpu_ms(make))
     base = statistics.median(rates["torchvision ImageFolder + v2"])
     print(f"data loading, {args.images} JPEGs ~320x256 -> RandomResizedCrop 224 + flip, batch {args.batch}, "
           f"{args.workers} workers, median of {args.rounds} interleaved rounds (torch {torch.__version__})")
+    tv = rates["torchvision ImageFolder + v2"]
     for name, values in rates.items():
         med = statistics.median(values)
-        print(f"  {name:32s} {med:8.1f} images/s   ratio vs torchvision {med / base:5.2f}x")
+        # Each round's own ratio too: the two sides ran back to back, so a busy spell on
+        # the machine hits both; their median is the steadier figure on a shared machine.
+        per_round = [v / t for v, t in zip(values, tv, strict=True)]
+        print(f"  {name:32s} {med:8.1f} images/s   ratio vs torchvision {med / base:5.2f}x   "
+              f"per-round ratios {' '.join(f'{r:.2f}' for r in per_round)} (median {statistics.median(per_round):.2f})")
     if not cuda:
         print("  GPU decode_jpeg: skipped (no CUDA device)")
+    tv_cpu = statistics.median(cpu["torchvision ImageFolder + v2"])
+    print(f"CPU time per image in one process (num_workers=0), median of {args.rounds} interleaved rounds:")
+    for name, values in cpu.items():
+        med = statistics.median(values)
+        print(f"  {name:32s} {med:8.3f} ms/image   torchvision / ours {tv_cpu / med:5.2f}x")
     return 0
 
 

@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -62,6 +64,9 @@ def test_shard_index_and_dataset(shards: Path) -> None:
     index = json.loads((shards / "train" / "index.json").read_text())
     assert index["samples"] == 1438 and len(index["shards"]) == 15 and index["classes"] == [str(i) for i in range(10)]
     assert [s["samples"] for s in index["shards"]] == [100] * 14 + [38]
+    with tarfile.open(shards / "train" / "shard-000000.tar") as tar:  # plain ustar: no PAX header to parse
+        members = tar.getmembers()
+    assert len(members) == 200 and not any(m.pax_headers for m in members)
     from pretrain.registry.registry import get_registry
 
     wds = get_registry().get("dataset", "WebDataset")
@@ -87,6 +92,38 @@ def test_shard_cli_refuses_to_overwrite_and_names_the_extra(shards: Path, monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "webdataset" else real(n, *a))
     with pytest.raises(PretrainError, match=r"pip install 'pretrain\[webdataset\]'"):
         write_shards(str(shards / "folder_val"), str(shards / "new"), shard_size=10)
+
+
+def _train_loader(shards: Path) -> Any:
+    from pretrain.engine.data import build_loaders
+    from pretrain.spec.context import ValidationContext
+    from pretrain.spec.data_section import validate_data_section
+
+    ctx = ValidationContext()
+    section = validate_data_section(_spec(shards)["data"], ctx)
+    assert section is not None, ctx.issues
+    return build_loaders(section, device=torch.device("cpu"), distributed=False, rank=0, world_size=1, seed=3,
+                         num_classes=None, in_channels=3, splits=("train",)).train
+
+
+def test_stream_workers_persist_across_epochs_and_read_each_epochs_plan(shards: Path) -> None:
+    """The same 2 worker processes serve every epoch; the epoch and resume point reach them each time."""
+    loader = _train_loader(shards)
+    pids = set()
+
+    def epoch(e: int, start: int = 0) -> list[torch.Tensor]:
+        batches = [x for x, _ in loader.iter_from(e, start)]
+        pids.add(tuple(sorted(w.pid for w in loader._workers.loader._iterator._workers)))
+        return batches
+
+    first, second = epoch(0), epoch(1)
+    assert len(pids) == 1 and len(next(iter(pids))) == 2  # not restarted between epochs
+    assert len(first) == len(second) == 45 and not torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(epoch(1, 7), second[7:], strict=True))  # resume point
+    assert all(torch.equal(a, b) for a, b in zip(epoch(0), first, strict=True))  # and back to epoch 0
+    fresh = _train_loader(shards)  # new processes started at epoch 1: the same batches
+    assert all(torch.equal(a, b) for (a, _), b in zip(fresh.iter_from(1), second, strict=True))
+    assert len(pids) == 1
 
 
 @pytest.mark.parametrize(("world", "workers", "drop_last"), [(1, 1, False), (2, 2, False), (3, 2, True), (2, 3, False)])
@@ -156,8 +193,8 @@ def test_two_processes_see_every_sample_once_per_epoch_and_resume_after_sigkill(
                           capture_output=True, text=True, env=ENV, timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line.split() for f in (tmp_path / "keys").glob("keys-*.txt") for line in f.read_text().splitlines()]
-    # 2 ranks x 2 workers, new worker processes each epoch
-    assert len({f.name for f in (tmp_path / "keys").glob("keys-*.txt")}) == 8
+    # 2 ranks x 2 workers, the same (persistent) worker processes in both epochs
+    assert len({f.name for f in (tmp_path / "keys").glob("keys-*.txt")}) == 4
     for epoch in ("0", "1"):
         keys = collections.Counter(key for _, e, key in lines if e == epoch)
         assert len(keys) == 1438 and set(keys.values()) == {1}, collections.Counter(keys.values())

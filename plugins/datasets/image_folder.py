@@ -18,12 +18,13 @@ with ``skip_unreadable``, a warning that says how many were left out).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from pretrain.errors import PretrainError
 
 __all__ = ["ImageFolder", "decode_image"]
 
+#: EXIF's Orientation tag (``PIL.ExifTags.Base.Orientation``, a name Pillow 9.0-9.2 lack).
+_ORIENTATION = 0x0112
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -43,25 +46,63 @@ def _image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def decode_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> Tensor:
+@functools.cache
+def _format_of(extension: str) -> str | None:
+    """Pillow's format name for a file extension (``.jpg`` -> ``JPEG``), None if unknown."""
+    return Image.registered_extensions().get(extension.lower())
+
+
+def _open(source: str | os.PathLike[str] | BinaryIO, extension: str | None) -> Image.Image:
+    """``Image.open``, trying the extension's format first.
+
+    Once every plugin is loaded (listing the known extensions loads them), Pillow probes
+    the formats in registration order (IM, IMT, IPTC, ... before JPEG): half the cost of
+    opening a JPEG. A file whose extension lies is still opened, by probing them all.
+    """
+    if extension is None and isinstance(source, (str, os.PathLike)):
+        extension = os.path.splitext(source)[1]
+    fmt = _format_of(extension) if extension else None
+    if fmt is not None:
+        try:
+            return Image.open(source, formats=[fmt])
+        except UnidentifiedImageError:
+            if not isinstance(source, (str, os.PathLike)):
+                source.seek(0)
+    return Image.open(source)
+
+
+def decode_image(
+    path: str | os.PathLike[str] | BinaryIO, channels: int, size: int | None = None, *, extension: str | None = None,
+) -> Tensor:
     """Decode a file as uint8 (channels, H, W); with ``size``, resize+centre-crop to size×size.
 
     EXIF orientation is applied; 16-bit gray is scaled to 8 bits; transparency is
-    dropped (composited on black, as Pillow's ``convert`` does).
+    dropped (composited on black, as Pillow's ``convert`` does). ``extension``
+    (``.jpg``; by default the path's) names the format to try first.
     """
-    with Image.open(path) as opened:
-        img = ImageOps.exif_transpose(opened)
+    with _open(path, extension) as opened:
+        # Transpose and convert only when needed: without an orientation to apply (or
+        # with the mode already right) Pillow returns a copy, ~30 us per photo, on the
+        # DataLoader path's every sample.
+        img: Image.Image = opened
+        if opened.getexif().get(_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(opened)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # high bit-depth gray: scale, not clip
             wide = np.asarray(img, dtype=np.float64)
             peak = 65535.0 if img.mode.startswith("I;16") else max(float(wide.max()), 1.0)
             img = Image.fromarray(np.round(wide * (255.0 / peak)).clip(0, 255).astype(np.uint8))
-        img = img.convert("L" if channels == 1 else "RGB")
+        mode = "L" if channels == 1 else "RGB"
+        if img.mode != mode:
+            img = img.convert(mode)
         if size is not None:
             img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (C, H, W)
+        # Planar (C, H, W) straight from Pillow, one band at a time into one writable
+        # buffer: 1.25-1.7x faster than an (H, W, C) array transposed into a copy.
+        planes = bytearray()
+        for band in img.getbands():  # ("R", "G", "B") or ("L",)
+            planes += img.tobytes("raw", band)
+        height, width = img.height, img.width
+    return torch.frombuffer(planes, dtype=torch.uint8).reshape(-1, height, width)  # (C, H, W)
 
 
 def _verify(path: str) -> str | None:

@@ -226,7 +226,7 @@ class WebDataset(BaseStreamDataset):
             raise PretrainError(f"{where} has no image (.{', .'.join(IMAGE_KEYS)}); it has {sorted(sample)}",
                                 hint="Write shards with pretrain shard, or set skip_unreadable = true.")
         try:
-            image = decode_image(io.BytesIO(sample[key]), self._channels, self.image_size)
+            image = decode_image(io.BytesIO(sample[key]), self._channels, self.image_size, extension=f".{key}")
         except Exception as exc:
             if self.skip_unreadable:
                 raise SkipSample(where) from exc

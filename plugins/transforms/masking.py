@@ -30,13 +30,12 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 from pydantic import Field
 from torch import Tensor
-from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 
 from pretrain.components import BaseTransform, Masked
 
 from ._common import Size, pair
-from .geometric import RandomResizedCrop
+from .geometric import RandomResizedCrop, resized_crops
 
 __all__ = ["BEiTMaskGenerator", "RandomResizedCropAndInterpolationWithTwoPic", "SimMIMMaskGenerator"]
 
@@ -236,12 +235,8 @@ Interpolation = Literal["bilinear", "bicubic", "lanczos"]
 
 def _resize_crops(images: Tensor, boxes: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     """Crop ``boxes`` (N, 4: x1, y1, x2, y2) out of uint8 (N, C, H, W) and resize each to ``size``."""
-    n = images.shape[0]
-    if mode == "bilinear":  # one kernel for the batch, as RandomResizedCrop
-        index = torch.arange(n, device=images.device, dtype=boxes.dtype)[:, None]
-        out = roi_align(images.float(), torch.cat([index, boxes], 1), output_size=size, spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
-        return out.round_().clamp_(0, 255).to(torch.uint8)
+    if mode == "bilinear":  # RandomResizedCrop's resampling (per image on the CPU, batched elsewhere)
+        return resized_crops(images, boxes, size)
     crops = []
     for image, (x1, y1, x2, y2) in zip(images, boxes.long().tolist(), strict=True):
         crop = image[:, y1:y2, x1:x2]

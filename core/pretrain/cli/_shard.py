@@ -44,9 +44,11 @@ def write_shards(
 
     """
     import importlib.util
+    import inspect
     import json
     import os
     import random
+    import time
     from pathlib import Path
 
     from pretrain.engine.checkpoint import atomic_write_bytes
@@ -70,11 +72,15 @@ def write_shards(
     if shuffle:
         random.Random(seed).shuffle(samples)
     target.mkdir(parents=True, exist_ok=True)
+    # Whole-second mtimes: a float one (TarWriter's default) makes tarfile add a PAX header
+    # to every member, which readers then parse (~0.08 ms per sample, ~45% of reading a
+    # shard) and which makes shards ~9% larger. (Older webdataset releases lack the option.)
+    stamp = {"mtime": int(time.time())} if "mtime" in inspect.signature(TarWriter).parameters else {}
     shards = []
     for first in range(0, len(samples), shard_size):
         name = f"{prefix}-{first // shard_size:06d}.tar"
         chunk = samples[first:first + shard_size]
-        with TarWriter(str(target / name), encoder=False) as sink:
+        with TarWriter(str(target / name), encoder=False, **stamp) as sink:
             for i, (path, label) in enumerate(chunk, start=first):
                 ext = os.path.splitext(path)[1].lower().lstrip(".")
                 ext = {"jpeg": "jpg", "jpe": "jpg", "tif": "tiff"}.get(ext, ext)

@@ -117,7 +117,9 @@ def _stack(items: list[Tensor]) -> Tensor:
             hint="Add a Resize/CenterCrop/RandomResizedCrop to the pipeline (or set the "
             "dataset's image_size) so that every image ends up the same size.",
         )
-    return torch.stack(items)
+    # default_collate stacks straight into shared memory inside a DataLoader worker, so
+    # the batch is not copied again to reach the main process (~10 MB at 64×224²).
+    return torch.utils.data.default_collate(items)  # type: ignore[no-any-return]
 
 
 def _collate(samples: list[tuple[Tensor | list[Tensor] | Masked, int] | None]) -> Batch | None:
