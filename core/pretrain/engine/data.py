@@ -48,7 +48,7 @@ from pretrain.components import (
     mix_seed,
     to_channels,
 )
-from pretrain.engine.stream import StreamEvalLoader, StreamSource, StreamTrainLoader, check_stream
+from pretrain.engine.stream import StreamEvalLoader, StreamSource, StreamTrainLoader, batch_to, check_stream
 from pretrain.errors import PretrainError
 from pretrain.spec.context import ComponentNode
 from pretrain.spec.data_section import DataOptions, DataSection, DatasetSpec
@@ -167,14 +167,7 @@ class _LoaderSource:
         for item in self._loader:
             if item is None:  # every sample of the batch was skipped
                 continue
-            images, labels = item
-            if isinstance(images, Masked):
-                images = images.to(self.device, non_blocking=True)
-            elif isinstance(images, list):
-                images = [v.to(self.device, non_blocking=True) for v in images]
-            else:
-                images = images.to(self.device, non_blocking=True)
-            yield images, labels.to(self.device, non_blocking=True)
+            yield batch_to(item, self.device)
 
 
 # --------------------------------------------------------------------------- loaders

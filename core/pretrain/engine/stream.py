@@ -41,7 +41,7 @@ from torch import Tensor
 from pretrain.components import BaseStreamDataset, Masked, Pipeline, ShardInfo, SkipSample, mix_seed, to_channels
 from pretrain.errors import PretrainError
 
-__all__ = ["StreamEvalLoader", "StreamSource", "StreamTrainLoader", "check_stream", "plan_pieces"]
+__all__ = ["StreamEvalLoader", "StreamSource", "StreamTrainLoader", "batch_to", "check_stream", "plan_pieces"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,16 @@ def _shuffled(items: Iterator[tuple[int, Any]], size: int, seed: int) -> Iterato
     yield from buffer
 
 
+def batch_to(batch: tuple[Any, Tensor], device: torch.device) -> tuple[Any, Tensor]:
+    """A collated ``(images, labels)`` batch on ``device`` (images: a tensor, views or ``Masked``)."""
+    images, labels = batch
+    if isinstance(images, list):
+        images = [v.to(device, non_blocking=True) for v in images]
+    else:  # a tensor or Masked
+        images = images.to(device, non_blocking=True)
+    return images, labels.to(device, non_blocking=True)
+
+
 class StreamSource:
     """A streaming dataset with its pipeline, ready to make train and eval loaders.
 
@@ -247,14 +257,7 @@ class StreamSource:
                 expected += 1
                 if ready is None:  # every sample of the batch was skipped
                     continue
-                images, labels = ready
-                if isinstance(images, Masked):
-                    images = images.to(self.device, non_blocking=True)
-                elif isinstance(images, list):
-                    images = [v.to(self.device, non_blocking=True) for v in images]
-                else:
-                    images = images.to(self.device, non_blocking=True)
-                yield images, labels.to(self.device, non_blocking=True)
+                yield batch_to(ready, self.device)
 
 
 class StreamTrainLoader:
