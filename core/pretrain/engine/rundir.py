@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pretrain.engine.checkpoint import CheckpointError, atomic_write_bytes, read_metadata_json
+from pretrain.engine.sharded import read_index
 from pretrain.errors import PretrainError
 
 __all__ = ["RunDir", "RunDirError"]
@@ -253,12 +254,11 @@ class RunDir:
         self.check_usable()
         state = self.resume_state()
         if state is not None:
-            try:  # the header only: read_state verifies the whole file before using it
-                read_metadata_json(state) if state == self.state_file else json.loads(state.read_text())
-            except (CheckpointError, OSError, ValueError) as exc:
-                reason = exc.message if isinstance(exc, CheckpointError) else str(exc)
+            try:  # the header (or the shards' index) only: read_state verifies the whole state before using it
+                read_metadata_json(state) if state == self.state_file else read_index(state)
+            except CheckpointError as exc:
                 raise RunDirError(
-                    f"cannot resume {self.path}: its state file is damaged ({state.name}: {reason}); "
+                    f"cannot resume {self.path}: its state file is damaged ({state.name}: {exc.message}); "
                     "nothing was changed.",
                     hint=f"Restore checkpoints/{state.name} from a copy, or start a new run "
                     "in another directory, initialising the model from checkpoints/last.safetensors "
