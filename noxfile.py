@@ -41,7 +41,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the core."""
     _install(session)
-    session.install("mypy")
+    session.install("mypy", "pytest")  # pretrain.testing's pytest helpers are typed against pytest
     session.run("mypy", "core/pretrain")
 
 
